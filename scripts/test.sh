@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: formatting, lints, and every test, Postgres tests included.
+#
+# PostgreSQL: uses $DATABASE_URL if set, else a server on 127.0.0.1:5432 (user postgres), else
+# starts the locally installed cluster (pg_ctlcluster), else installs one with apt-get when
+# running as root. Under CI (CI set) a missing database is a failure, never a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PGHOST=${PGHOST:-127.0.0.1}
+PGPORT=${PGPORT:-5432}
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@$PGHOST:$PGPORT/postgres}
+
+pg_up() { pg_isready -q -h "$PGHOST" -p "$PGPORT" 2>/dev/null; }
+can_login() { psql "$DATABASE_URL" -Atqc 'select 1' >/dev/null 2>&1; }
+start_clusters() {
+  pg_lsclusters --no-header 2>/dev/null | while read -r ver name _port status _; do
+    [ "$status" = online ] || pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start || true
+  done
+}
+
+prepare_postgres() {
+  if ! command -v pg_isready >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "test.sh: installing PostgreSQL" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+      return 1
+    fi
+  fi
+  pg_up || start_clusters
+  for _ in $(seq 30); do pg_up && break; sleep 1; done
+  pg_up || return 1
+  if ! can_login && [ "$(id -u)" = 0 ]; then
+    # A Debian cluster with peer/scram auth: make a role that may create test databases.
+    su postgres -c "psql -q -v ON_ERROR_STOP=1" <<'SQL'
+SELECT 'CREATE ROLE allot_test LOGIN CREATEDB PASSWORD ''allot_test'''
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'allot_test') \gexec
+SELECT 'CREATE DATABASE allot_test OWNER allot_test'
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'allot_test') \gexec
+SQL
+    export DATABASE_URL="postgres://allot_test:allot_test@$PGHOST:$PGPORT/allot_test"
+  fi
+  can_login
+}
+
+if ! prepare_postgres; then
+  echo "test.sh: no PostgreSQL reachable at $DATABASE_URL; the Postgres tests will fail" >&2
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked "$@"

@@ -1,0 +1,543 @@
+//! Narrative tests of the pool rules through their public interface: DESIGN.md's worked
+//! examples, edge prefixes, and the error of every rule.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("valid address")
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("valid prefix")
+}
+
+fn local() -> Space {
+    Space::new(LOCAL_SPACE, DefaultPool::local_defaults()).expect("valid space")
+}
+
+fn pool(space: &mut Space, pool: &str, sub_pool: &str) -> Result<PoolId, Error> {
+    let v6 = pool.contains(':');
+    space.request_pool(&PoolRequest::parse(pool, sub_pool, v6)?)
+}
+
+fn at(address: &str) -> AddressRequest {
+    AddressRequest {
+        address: Some(ip(address)),
+        ..AddressRequest::default()
+    }
+}
+
+fn any() -> AddressRequest {
+    AddressRequest::default()
+}
+
+fn serial() -> AddressRequest {
+    AddressRequest {
+        serial: true,
+        ..AddressRequest::default()
+    }
+}
+
+#[test]
+fn docker_worked_example_gateway_and_aux_address_in_a_slash_31_range() {
+    // From the Docker pull request that introduced the IPAM status: subnet 192.168.10.0/24,
+    // ip-range 192.168.10.128/31, gateway .1, auxiliary address .128.
+    let mut s = local();
+    let id = pool(&mut s, "192.168.10.0/24", "192.168.10.128/31").unwrap();
+    assert_eq!(id.to_string(), "local/192.168.10.0/24/192.168.10.128/31");
+    let gateway = AddressRequest {
+        gateway: true,
+        ..at("192.168.10.1")
+    };
+    assert_eq!(s.request_address(&id, &gateway), Ok(ip("192.168.10.1")));
+    assert_eq!(
+        s.request_address(&id, &at("192.168.10.128")),
+        Ok(ip("192.168.10.128"))
+    );
+    let u = s.utilization(&id).unwrap();
+    assert_eq!(u.allocated_in_subnet, 4, ".0, .255, .1 and .128");
+    assert_eq!(u.free_in_range, 1, "only .129");
+    assert_eq!(s.request_address(&id, &any()), Ok(ip("192.168.10.129")));
+    assert_eq!(
+        s.request_address(&id, &any()),
+        Err(Error::Exhausted {
+            pool_id: id.to_string()
+        })
+    );
+}
+
+#[test]
+fn docker_worked_example_overlapping_sub_pools_are_counted_once() {
+    let mut s = local();
+    let wide = pool(&mut s, "192.168.0.0/24", "192.168.0.0/25").unwrap();
+    let narrow = pool(&mut s, "192.168.0.0/24", "192.168.0.64/26").unwrap();
+    let w = s.utilization(&wide).unwrap();
+    let n = s.utilization(&narrow).unwrap();
+    assert_eq!(w.allocated_in_subnet, 2, "network and broadcast");
+    assert_eq!(
+        n.allocated_in_subnet, 2,
+        "shared by every pool of the subnet"
+    );
+    assert_eq!(w.free_in_range, 127);
+    assert_eq!(n.free_in_range, 64);
+    assert_eq!(w.free_in_union, 127, "not 191");
+    assert_eq!(n.free_in_union, 127);
+    // An allocation in the narrow range shows in both.
+    assert_eq!(s.request_address(&narrow, &any()), Ok(ip("192.168.0.64")));
+    assert_eq!(s.utilization(&wide).unwrap().free_in_range, 126);
+    assert_eq!(s.utilization(&narrow).unwrap().free_in_range, 63);
+    assert_eq!(s.utilization(&wide).unwrap().free_in_union, 126);
+}
+
+#[test]
+fn disjoint_sub_pools_add_up_in_the_union() {
+    let mut s = local();
+    let a = pool(&mut s, "10.1.0.0/24", "10.1.0.0/28").unwrap();
+    let _b = pool(&mut s, "10.1.0.0/24", "10.1.0.128/28").unwrap();
+    assert_eq!(s.utilization(&a).unwrap().free_in_union, 15 + 16);
+    // A pool without sub-pool makes the union the whole subnet.
+    let mut t = local();
+    let whole = pool(&mut t, "10.2.0.0/24", "").unwrap();
+    let _sub = pool(&mut t, "10.2.0.0/24", "10.2.0.0/28").unwrap();
+    assert_eq!(t.utilization(&whole).unwrap().free_in_union, 254);
+}
+
+#[test]
+fn reserved_addresses_follow_the_rfcs_at_every_edge_prefix() {
+    // (subnet, addresses in use at creation, free)
+    let cases: [(&str, u128, u128); 11] = [
+        ("0.0.0.0/0", 2, (1 << 32) - 2),
+        ("10.0.0.0/8", 2, (1 << 24) - 2),
+        ("10.0.0.0/30", 2, 2),
+        ("10.0.0.0/31", 0, 2),
+        ("10.0.0.7/32", 0, 1),
+        ("::/0", 1, u128::MAX),
+        ("fd00::/8", 1, (1 << 120) - 1),
+        ("fd00::/64", 1, (1 << 64) - 1),
+        ("fd00::/120", 1, 255),
+        ("fd00::/127", 1, 1),
+        ("fd00::1/128", 1, 0),
+    ];
+    for (n, used, free) in cases {
+        let mut s = Space::new(LOCAL_SPACE, Vec::new()).unwrap();
+        let v6 = n.contains(':');
+        let req = PoolRequest {
+            subnet: SubnetSpec::Exact(net(n)),
+            sub_pool: None,
+        };
+        let id = s.request_pool(&req).unwrap();
+        assert_eq!(id.to_string().parse::<PoolId>(), Ok(id.clone()), "{n}");
+        let u = s.utilization(&id).unwrap();
+        assert_eq!(
+            (u.allocated_in_subnet, u.free_in_range),
+            (used, free),
+            "{n}"
+        );
+        assert_eq!(u.free_in_union, free, "{n}");
+        // The first dynamic address skips what is reserved.
+        let first = s.request_address(&id, &any());
+        if free == 0 {
+            assert!(matches!(first, Err(Error::Exhausted { .. })), "{n}");
+        } else {
+            let want = if v6 || net(n).prefix_len() < 31 {
+                ordinal_addr(net(n), 1)
+            } else {
+                net(n).network()
+            };
+            assert_eq!(first, Ok(want), "{n}");
+        }
+        for (addr, _) in pool::reserved_addresses(net(n)) {
+            assert!(
+                matches!(
+                    s.release_address(&id, addr),
+                    Err(Error::ReservedAddress { .. })
+                ),
+                "{n} {addr}"
+            );
+            assert!(matches!(
+                s.request_address(&id, &at(&addr.to_string())),
+                Err(Error::AddressInUse { .. })
+            ));
+        }
+    }
+}
+
+fn ordinal_addr(n: IpNet, ordinal: u128) -> IpAddr {
+    AddrSet::new(n).addr(ordinal)
+}
+
+#[test]
+fn slash_31_and_32_use_every_address() {
+    let mut s = local();
+    let p31 = pool(&mut s, "10.9.0.0/31", "").unwrap();
+    assert_eq!(s.request_address(&p31, &any()), Ok(ip("10.9.0.0")));
+    assert_eq!(s.request_address(&p31, &any()), Ok(ip("10.9.0.1")));
+    assert!(matches!(
+        s.request_address(&p31, &any()),
+        Err(Error::Exhausted { .. })
+    ));
+    let p32 = pool(&mut s, "10.9.0.5/32", "").unwrap();
+    assert_eq!(s.request_address(&p32, &any()), Ok(ip("10.9.0.5")));
+    s.release_address(&p32, ip("10.9.0.5")).unwrap();
+    assert_eq!(s.utilization(&p32).unwrap().free_in_range, 1);
+}
+
+#[test]
+fn a_preferred_address_may_lie_outside_the_sub_pool_but_not_the_subnet() {
+    let mut s = local();
+    let id = pool(&mut s, "172.30.0.0/24", "172.30.0.128/25").unwrap();
+    assert_eq!(
+        s.request_address(&id, &at("172.30.0.5")),
+        Ok(ip("172.30.0.5"))
+    );
+    assert_eq!(
+        s.request_address(&id, &at("172.30.0.5")),
+        Err(Error::AddressInUse {
+            pool_id: id.to_string(),
+            address: ip("172.30.0.5")
+        })
+    );
+    let err = s.request_address(&id, &at("172.30.1.5")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid);
+    assert_eq!(
+        err.to_string(),
+        "address 172.30.1.5 is outside subnet 172.30.0.0/24 of pool \
+         local/172.30.0.0/24/172.30.0.128/25"
+    );
+    assert!(matches!(
+        s.request_address(&id, &at("fd00::1")),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert_eq!(s.request_address(&id, &any()), Ok(ip("172.30.0.128")));
+}
+
+#[test]
+fn releasing_is_idempotent_and_checks_the_subnet() {
+    let mut s = local();
+    let id = pool(&mut s, "172.30.0.0/24", "").unwrap();
+    assert_eq!(s.release_address(&id, ip("172.30.0.9")), Ok(()));
+    assert_eq!(s.request_address(&id, &any()), Ok(ip("172.30.0.1")));
+    assert_eq!(s.release_address(&id, ip("172.30.0.1")), Ok(()));
+    assert_eq!(s.release_address(&id, ip("172.30.0.1")), Ok(()));
+    assert!(matches!(
+        s.release_address(&id, ip("172.31.0.1")),
+        Err(Error::OutOfRange { .. })
+    ));
+    let err = s.release_address(&id, ip("172.30.0.255")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        err.to_string(),
+        "address 172.30.0.255 is the broadcast address of pool local/172.30.0.0/24 and cannot \
+         be released"
+    );
+}
+
+#[test]
+fn serial_allocation_continues_after_the_most_recent_and_wraps_in_the_range() {
+    let mut s = local();
+    let id = pool(&mut s, "10.5.0.0/24", "10.5.0.8/30").unwrap();
+    let got: Vec<_> = (0..3)
+        .map(|_| s.request_address(&id, &serial()).unwrap())
+        .collect();
+    assert_eq!(got, [ip("10.5.0.8"), ip("10.5.0.9"), ip("10.5.0.10")]);
+    s.release_address(&id, ip("10.5.0.9")).unwrap();
+    assert_eq!(s.request_address(&id, &serial()), Ok(ip("10.5.0.11")));
+    assert_eq!(
+        s.request_address(&id, &serial()),
+        Ok(ip("10.5.0.9")),
+        "wraps to the range start"
+    );
+    // A cursor left outside the range (by a preferred or another pool's allocation) restarts
+    // at the range start.
+    let other = pool(&mut s, "10.5.0.0/24", "10.5.0.64/26").unwrap();
+    assert_eq!(s.request_address(&other, &serial()), Ok(ip("10.5.0.64")));
+    s.release_address(&id, ip("10.5.0.10")).unwrap();
+    assert_eq!(s.request_address(&id, &serial()), Ok(ip("10.5.0.10")));
+}
+
+#[test]
+fn pools_overlap_by_docker_rules_and_beyond() {
+    let mut s = local();
+    let whole = pool(&mut s, "10.0.0.0/16", "").unwrap();
+    let overlap = |r: Result<PoolId, Error>| matches!(r, Err(Error::Overlap { .. }));
+    assert!(overlap(pool(&mut s, "10.0.0.0/16", "")), "same pool twice");
+    assert!(overlap(pool(&mut s, "10.0.1.0/24", "")), "inside");
+    assert!(overlap(pool(&mut s, "10.0.0.0/8", "")), "around");
+    // Beyond libnetwork: a sub-pool request cannot create an overlapping subnet either.
+    assert!(overlap(pool(&mut s, "10.0.1.0/24", "10.0.1.0/25")));
+    let sub = pool(&mut s, "10.0.0.0/16", "10.0.1.0/24").unwrap();
+    assert!(
+        overlap(pool(&mut s, "10.0.0.0/16", "10.0.1.0/24")),
+        "same sub-pool twice"
+    );
+    assert_eq!(
+        pool(&mut s, "10.0.0.0/16", "10.0.1.0/24")
+            .unwrap_err()
+            .to_string(),
+        "pool local/10.0.0.0/16/10.0.1.0/24 overlaps existing pool \
+         local/10.0.0.0/16/10.0.1.0/24"
+    );
+    // The pool without sub-pool of an existing subnet is an overlap too (as in libnetwork).
+    let mut t = local();
+    pool(&mut t, "10.7.0.0/16", "10.7.1.0/24").unwrap();
+    assert!(overlap(pool(&mut t, "10.7.0.0/16", "")));
+    // A different space may hold the same subnet.
+    let mut g = Space::new(GLOBAL_SPACE, DefaultPool::global_defaults()).unwrap();
+    assert!(pool(&mut g, "10.0.0.0/16", "").is_ok());
+    // The subnet lives until its last pool goes.
+    s.release_pool(&whole).unwrap();
+    assert!(overlap(pool(&mut s, "10.0.0.0/8", "")));
+    assert_eq!(
+        s.release_pool(&whole),
+        Err(Error::PoolNotFound {
+            pool_id: whole.to_string()
+        })
+    );
+    s.release_pool(&sub).unwrap();
+    assert!(pool(&mut s, "10.0.0.0/8", "").is_ok());
+    assert_eq!(s.subnets().count(), 1);
+}
+
+#[test]
+fn released_subnets_take_their_addresses_with_them() {
+    let mut s = local();
+    let id = pool(&mut s, "10.3.0.0/24", "").unwrap();
+    s.request_address(&id, &at("10.3.0.77")).unwrap();
+    s.release_pool(&id).unwrap();
+    assert!(matches!(
+        s.request_address(&id, &any()),
+        Err(Error::PoolNotFound { .. })
+    ));
+    let id = pool(&mut s, "10.3.0.0/24", "").unwrap();
+    assert_eq!(s.utilization(&id).unwrap().allocated_in_subnet, 2);
+}
+
+#[test]
+fn default_pools_are_first_fit_by_address_and_reuse_gaps() {
+    let mut s = local();
+    let dynamic = |s: &mut Space, pool: &str, v6| {
+        s.request_pool(&PoolRequest::parse(pool, "", v6).unwrap())
+            .map(|id| id.subnet().to_string())
+    };
+    assert_eq!(dynamic(&mut s, "", false).unwrap(), "172.17.0.0/16");
+    assert_eq!(dynamic(&mut s, "", false).unwrap(), "172.18.0.0/16");
+    // A user-chosen subnet in the middle is skipped.
+    pool(&mut s, "172.19.0.0/16", "").unwrap();
+    pool(&mut s, "172.20.128.0/17", "").unwrap();
+    assert_eq!(dynamic(&mut s, "", false).unwrap(), "172.21.0.0/16");
+    // Releasing makes a gap that the next request reuses.
+    let id: PoolId = "local/172.18.0.0/16".parse().unwrap();
+    s.release_pool(&id).unwrap();
+    assert_eq!(dynamic(&mut s, "", false).unwrap(), "172.18.0.0/16");
+    // 0.0.0.0/N asks for length N from the same pools; ::/N for IPv6.
+    assert_eq!(
+        dynamic(&mut s, "0.0.0.0/24", false).unwrap(),
+        "172.20.0.0/24"
+    );
+    assert_eq!(dynamic(&mut s, "", true).unwrap(), "fd00:a110:7::/64");
+    assert_eq!(
+        dynamic(&mut s, "::/56", true).unwrap(),
+        "fd00:a110:7:100::/56"
+    );
+    assert_eq!(dynamic(&mut s, "", true).unwrap(), "fd00:a110:7:1::/64");
+    // Nothing shorter than the bases fits.
+    let err = dynamic(&mut s, "0.0.0.0/8", false).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Exhausted);
+    assert_eq!(
+        err.to_string(),
+        "no free IPv4 /8 subnet left in the default address pools of address space local"
+    );
+}
+
+#[test]
+fn default_pools_run_out_with_a_clear_error() {
+    let base = net("10.10.0.0/30");
+    let mut s = Space::new("tiny", vec![DefaultPool::new(base, 31).unwrap()]).unwrap();
+    let req = PoolRequest::parse("", "", false).unwrap();
+    assert_eq!(s.request_pool(&req).unwrap().subnet(), net("10.10.0.0/31"));
+    assert_eq!(s.request_pool(&req).unwrap().subnet(), net("10.10.0.2/31"));
+    assert!(matches!(
+        s.request_pool(&req),
+        Err(Error::NoMoreSubnets { .. })
+    ));
+    assert!(matches!(
+        s.request_pool(&PoolRequest::parse("", "", true).unwrap()),
+        Err(Error::NoMoreSubnets { .. })
+    ));
+    assert!(DefaultPool::new(net("10.0.0.0/8"), 7).is_err());
+    assert!(DefaultPool::new(net("10.0.0.0/8"), 33).is_err());
+    assert!(DefaultPool::new("10.0.0.1/8".parse().unwrap(), 24).is_err());
+}
+
+#[test]
+fn a_default_pool_covering_the_whole_space_works_at_the_edges() {
+    let mut s = Space::new("edge", vec![DefaultPool::new(net("::/0"), 0).unwrap()]).unwrap();
+    let req = PoolRequest::parse("", "", true).unwrap();
+    assert_eq!(s.request_pool(&req).unwrap().subnet(), net("::/0"));
+    assert!(s.request_pool(&req).is_err());
+    let mut t = Space::new(
+        "edge",
+        vec![DefaultPool::new(net("0.0.0.0/0"), 32).unwrap()],
+    )
+    .unwrap();
+    pool(&mut t, "255.255.255.254/31", "").unwrap();
+    let req = PoolRequest::parse("", "", false).unwrap();
+    assert_eq!(t.request_pool(&req).unwrap().subnet(), net("0.0.0.0/32"));
+}
+
+#[test]
+fn malformed_requests_name_what_is_wrong() {
+    let cases = [
+        (
+            "",
+            "10.0.0.0/24",
+            false,
+            "a sub-pool needs an explicit pool",
+        ),
+        ("10.0.0.1/24", "", false, "host bits are set"),
+        (
+            "10.0.0.0/33",
+            "",
+            false,
+            "not a prefix of the form address/length",
+        ),
+        (
+            "banana",
+            "",
+            false,
+            "not a prefix of the form address/length",
+        ),
+        (
+            "10.0.0.0",
+            "",
+            false,
+            "not a prefix of the form address/length",
+        ),
+        (
+            "10.0.0.0/24",
+            "",
+            true,
+            "an IPv4 pool was given with v6 set",
+        ),
+        (
+            "fd00::/64",
+            "",
+            false,
+            "an IPv6 pool was given without v6 set",
+        ),
+        ("10.0.0.0/24", "10.0.1.0/25", false, "not inside the pool"),
+        ("10.0.0.0/24", "10.0.0.0/23", false, "not inside the pool"),
+        (
+            "10.0.0.0/24",
+            "fd00::/120",
+            false,
+            "not the same address family as the pool",
+        ),
+        ("10.0.0.0/24", "10.0.0.1/25", false, "host bits are set"),
+        (
+            "0.0.0.0/24",
+            "0.0.0.0/25",
+            false,
+            "a dynamic pool cannot carry a sub-pool",
+        ),
+    ];
+    for (p, sub, v6, reason) in cases {
+        let err = PoolRequest::parse(p, sub, v6).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{p} {sub}");
+        assert!(err.to_string().ends_with(reason), "{p} {sub}: {err}");
+    }
+    let huge = "1".repeat(1 << 20);
+    let err = PoolRequest::parse(&huge, "", false).unwrap_err();
+    assert!(err.to_string().len() < 200, "input is cut in messages");
+}
+
+#[test]
+fn pool_ids_round_trip_and_reject_garbage() {
+    for id in [
+        "local/192.168.10.0/24/192.168.10.128/31",
+        "global/10.0.0.0/8",
+        "local/fd00::/64/fd00::80/121",
+        "tenant-a.space_1/0.0.0.0/0",
+    ] {
+        let parsed: PoolId = id.parse().unwrap();
+        assert_eq!(parsed.to_string(), id);
+    }
+    for bad in [
+        "",
+        "local",
+        "local/10.0.0.0",
+        "local/10.0.0.0/24/10.0.0.0",
+        "local/10.0.0.1/24",
+        "local/10.0.0.0/24/10.0.1.0/25",
+        "local/10.0.0.0/24/fd00::/120",
+        "lo cal/10.0.0.0/24",
+        "/10.0.0.0/24",
+        "local/10.0.0.0/24/10.0.0.0/25/x",
+    ] {
+        let err = bad.parse::<PoolId>().unwrap_err();
+        assert!(matches!(err, Error::InvalidPoolId { .. }), "{bad}: {err}");
+    }
+    let mut s = local();
+    let unknown: PoolId = "local/10.0.0.0/24".parse().unwrap();
+    assert_eq!(
+        s.utilization(&unknown).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    pool(&mut s, "10.0.0.0/24", "").unwrap();
+    let other_space: PoolId = "global/10.0.0.0/24".parse().unwrap();
+    assert_eq!(
+        s.release_pool(&other_space).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let missing_sub: PoolId = "local/10.0.0.0/24/10.0.0.0/25".parse().unwrap();
+    assert!(matches!(
+        s.request_address(&missing_sub, &any()),
+        Err(Error::PoolNotFound { .. })
+    ));
+}
+
+#[test]
+fn address_space_names_are_checked() {
+    assert!(Space::new("", Vec::new()).is_err());
+    assert!(Space::new("a/b", Vec::new()).is_err());
+    assert!(Space::new(&"x".repeat(65), Vec::new()).is_err());
+    assert!(Space::new("tenant-7.local", Vec::new()).is_ok());
+}
+
+#[test]
+fn counts_saturate_to_u64_at_the_api_boundary() {
+    assert_eq!(saturating_u64(5), 5);
+    assert_eq!(saturating_u64(u128::from(u64::MAX)), u64::MAX);
+    assert_eq!(saturating_u64(u128::from(u64::MAX) + 1), u64::MAX);
+    let mut s = local();
+    let id = pool(&mut s, "fd00::/56", "").unwrap();
+    let u = s.utilization(&id).unwrap();
+    assert_eq!(u.free_in_range, (1 << 72) - 1);
+    assert_eq!(saturating_u64(u.free_in_range), u64::MAX);
+}
+
+#[test]
+fn a_subnet_round_trips_through_its_encoding() {
+    let mut s = local();
+    let id = pool(&mut s, "fd00:1::/64", "fd00:1::/120").unwrap();
+    for _ in 0..50 {
+        s.request_address(&id, &serial()).unwrap();
+    }
+    s.release_address(&id, ip("fd00:1::7")).unwrap();
+    let subnet = s.subnet(id.subnet()).unwrap();
+    let bytes = subnet.addrs().encode();
+    let addrs = AddrSet::decode(id.subnet(), &bytes).unwrap();
+    let back = Subnet::from_parts(addrs, subnet.pools()).unwrap();
+    assert_eq!(&back, subnet);
+    let mut restored = local();
+    restored.restore(back).unwrap();
+    assert_eq!(
+        restored.request_address(&id, &serial()),
+        s.request_address(&id, &serial())
+    );
+    assert!(restored.restore(Subnet::new(net("fd00:1::/48"))).is_err());
+}
