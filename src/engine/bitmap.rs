@@ -249,38 +249,37 @@ impl Bitmap {
             return 0;
         }
         let (first_block, last_block) = (start >> 6, end >> 6);
-        let mut i = self.run_of(first_block);
-        let mut total: u128 = 0;
-        loop {
-            let bits = self.blocks[i];
-            let run_end = self.run_end(i);
-            if bits != 0 {
-                // Blocks lo..=hi of this run fall in the range; the range's first and last
-                // block may be cut, every block between counts in full.
-                let lo = self.starts[i].max(first_block);
-                let hi = (run_end - 1).min(last_block);
-                let mut whole = hi - lo + 1;
-                let mut sum: u128 = 0;
-                if lo == first_block {
-                    let mut m = low_mask(start);
-                    if lo == last_block {
-                        m &= high_mask(end);
-                    }
-                    sum += u128::from((bits & m).count_ones());
-                    whole -= 1;
-                }
-                if hi == last_block && whole > 0 {
-                    sum += u128::from((bits & high_mask(end)).count_ones());
-                    whole -= 1;
-                }
-                sum = sum.saturating_add(u128::from(bits.count_ones()).saturating_mul(whole));
-                total = total.saturating_add(sum);
+        let (i0, i1) = (self.run_of(first_block), self.run_of(last_block));
+        let (head_mask, tail_mask) = (low_mask(start), high_mask(end));
+        if i0 == i1 {
+            // One run: the first and last blocks are cut, the ones between count in full.
+            let bits = self.blocks[i0];
+            if first_block == last_block {
+                return u128::from((bits & head_mask & tail_mask).count_ones());
             }
-            if run_end > last_block {
-                return total;
-            }
-            i += 1;
+            let between =
+                u128::from(bits.count_ones()).saturating_mul(last_block - first_block - 1);
+            let edges = (bits & head_mask).count_ones() + (bits & tail_mask).count_ones();
+            return between.saturating_add(u128::from(edges));
         }
+        // The first run from `first_block`, whole runs between, the last run up to `last_block`.
+        let head_bits = self.blocks[i0];
+        let head_blocks = self.starts[i0 + 1] - first_block - 1;
+        let mut total = u128::from((head_bits & head_mask).count_ones())
+            .saturating_add(u128::from(head_bits.count_ones()).saturating_mul(head_blocks));
+        for (span, &bits) in self.starts[i0 + 1..=i1]
+            .windows(2)
+            .zip(&self.blocks[i0 + 1..i1])
+        {
+            // A middle run leaves at least two blocks to others, so span < 2^122 and
+            // 64 * span < 2^128: the product cannot overflow.
+            total = total.saturating_add(u128::from(bits.count_ones()) * (span[1] - span[0]));
+        }
+        let tail_bits = self.blocks[i1];
+        let tail_blocks = last_block - self.starts[i1];
+        total
+            .saturating_add(u128::from(tail_bits.count_ones()).saturating_mul(tail_blocks))
+            .saturating_add(u128::from((tail_bits & tail_mask).count_ones()))
     }
 
     /// Counts every ordinal in the set (saturating as [`Bitmap::count_ones`] does).

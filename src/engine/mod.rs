@@ -22,4 +22,6 @@ pub use pool::{
 };
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

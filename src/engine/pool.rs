@@ -6,7 +6,7 @@
 //! [`AddrSet`]), a [`Space`] is the subnets of one address space. Callers that need concurrency
 //! lock and persist around these values; this module never does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -309,13 +309,47 @@ pub fn reserved_addresses(net: IpNet) -> Vec<(IpAddr, &'static str)> {
     }
 }
 
-/// One subnet: its pools (the ones without sub-pool and the sub-pools) and its address set.
+/// One subnet: its pools (the one without sub-pool and the sub-pools), its address set, and
+/// the allocated count of every range, kept current so utilization costs no counting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subnet {
-    // Invariant: never empty while the subnet belongs to a space; `None` is the pool without a
-    // sub-pool, `Some(r)` a sub-pool inside the subnet of the same family.
-    pools: BTreeSet<Option<IpNet>>,
     addrs: AddrSet,
+    // Invariant: never empty while the subnet belongs to a space. Keys: `None` is the pool
+    // without a sub-pool, `Some(r)` a sub-pool inside the subnet of the same family. Each value
+    // holds the key's ordinal range and how many of its addresses are in use.
+    pools: BTreeMap<Option<IpNet>, Tally>,
+    // Invariant: the number of addresses in use in the whole subnet.
+    n_allocated: u128,
+    // Invariant: the outermost pool ranges (their union, as disjoint ranges in order), each
+    // with the number of its addresses in use.
+    union: Vec<Tally>,
+}
+
+/// A range and how many of its addresses are in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tally {
+    range: OrdRange,
+    n_allocated: u128,
+}
+
+impl Tally {
+    fn contains(&self, ordinal: u128) -> bool {
+        self.range.first <= ordinal && ordinal <= self.range.last
+    }
+
+    fn n_free(&self) -> u128 {
+        free_of(self.range, self.n_allocated)
+    }
+}
+
+/// Free addresses of `range` given `n_allocated` of them are in use, exact whenever the free
+/// count fits in a `u128` (every range but an empty IPv6 /0, whose anycast address is reserved).
+fn free_of(range: OrdRange, n_allocated: u128) -> u128 {
+    if n_allocated == 0 {
+        range.size()
+    } else {
+        (range.last - range.first).saturating_sub(n_allocated - 1)
+    }
 }
 
 impl Subnet {
@@ -326,9 +360,16 @@ impl Subnet {
         for (addr, _) in reserved_addresses(addrs.net()) {
             addrs.insert(addr);
         }
+        Self::with_addrs(addrs)
+    }
+
+    fn with_addrs(addrs: AddrSet) -> Self {
+        let n_allocated = addrs.count_in(addrs.range(None));
         Self {
-            pools: BTreeSet::new(),
             addrs,
+            pools: BTreeMap::new(),
+            n_allocated,
+            union: Vec::new(),
         }
     }
 
@@ -340,11 +381,12 @@ impl Subnet {
         addrs: AddrSet,
         pools: impl IntoIterator<Item = Option<IpNet>>,
     ) -> Result<Self, Error> {
-        let pools: BTreeSet<_> = pools.into_iter().collect();
-        for &sub in &pools {
-            check_sub_pool(addrs.net(), sub)?;
+        let mut subnet = Self::with_addrs(addrs);
+        for sub in pools {
+            check_sub_pool(subnet.net(), sub)?;
+            subnet.add_pool(sub);
         }
-        Ok(Self { pools, addrs })
+        Ok(subnet)
     }
 
     /// Returns the subnet's prefix.
@@ -361,17 +403,67 @@ impl Subnet {
 
     /// Iterates over the subnet's pools, as sub-pools (`None`: the pool without one).
     pub fn pools(&self) -> impl Iterator<Item = Option<IpNet>> + '_ {
-        self.pools.iter().copied()
+        self.pools.keys().copied()
     }
 
     /// Tells whether the subnet has a pool with this sub-pool.
     #[must_use]
     pub fn has_pool(&self, sub_pool: Option<IpNet>) -> bool {
-        self.pools.contains(&sub_pool)
+        self.pools.contains_key(&sub_pool)
+    }
+
+    /// Adds a pool (the caller has checked the sub-pool belongs to the subnet); counting its
+    /// range walks the bitmap once.
+    fn add_pool(&mut self, sub_pool: Option<IpNet>) {
+        let range = self.addrs.range(sub_pool);
+        let n_allocated = self.addrs.count_in(range);
+        self.pools.insert(sub_pool, Tally { range, n_allocated });
+        self.recount_union();
+    }
+
+    /// Removes a pool; returns whether it was the last one.
+    fn remove_pool(&mut self, sub_pool: Option<IpNet>) -> bool {
+        self.pools.remove(&sub_pool);
+        self.recount_union();
+        self.pools.is_empty()
+    }
+
+    /// Recomputes the union of the pools' ranges. Two prefixes either nest or are disjoint, so
+    /// the union is the set of ranges not inside another one; ordered by first address (the
+    /// larger of two ranges that start together first), an inner range follows its outer one.
+    fn recount_union(&mut self) {
+        self.union.clear();
+        for tally in self.pools.values() {
+            match self.union.last() {
+                Some(prev) if tally.range.first <= prev.range.last => {}
+                _ => self.union.push(*tally),
+            }
+        }
+    }
+
+    /// Brings every count up to date after `address` went into use or out of it.
+    fn tally(&mut self, address: IpAddr, in_use: bool) {
+        let Some(ordinal) = self.addrs.ordinal(address) else {
+            return;
+        };
+        let step = |n: &mut u128| {
+            *n = if in_use {
+                n.saturating_add(1)
+            } else {
+                n.saturating_sub(1)
+            };
+        };
+        step(&mut self.n_allocated);
+        for tally in self.pools.values_mut().filter(|t| t.contains(ordinal)) {
+            step(&mut tally.n_allocated);
+        }
+        for tally in self.union.iter_mut().filter(|t| t.contains(ordinal)) {
+            step(&mut tally.n_allocated);
+        }
     }
 
     fn check_pool(&self, id: &PoolId) -> Result<(), Error> {
-        if id.subnet == self.net() && self.pools.contains(&id.sub_pool) {
+        if id.subnet == self.net() && self.has_pool(id.sub_pool) {
             Ok(())
         } else {
             Err(Error::PoolNotFound {
@@ -387,14 +479,16 @@ impl Subnet {
     /// (taken or reserved); otherwise `Exhausted` when the pool's range has no free address.
     pub fn allocate(&mut self, id: &PoolId, req: &AddressRequest) -> Result<IpAddr, Error> {
         self.check_pool(id)?;
-        match req.address {
+        let address = match req.address {
             Some(address) => match self.addrs.insert(address) {
-                Some(true) => Ok(address),
-                Some(false) => Err(Error::AddressInUse {
-                    pool_id: id.to_string(),
-                    address,
-                }),
-                None => Err(self.out_of_range(id, address)),
+                Some(true) => address,
+                Some(false) => {
+                    return Err(Error::AddressInUse {
+                        pool_id: id.to_string(),
+                        address,
+                    });
+                }
+                None => return Err(self.out_of_range(id, address)),
             },
             None => {
                 let range = self.addrs.range(id.sub_pool);
@@ -402,9 +496,11 @@ impl Subnet {
                     .insert_any(range, req.serial)
                     .ok_or_else(|| Error::Exhausted {
                         pool_id: id.to_string(),
-                    })
+                    })?
             }
-        }
+        };
+        self.tally(address, true);
+        Ok(address)
     }
 
     /// Releases `address` in pool `id`; releasing a free address succeeds (idempotent).
@@ -425,7 +521,11 @@ impl Subnet {
             });
         }
         match self.addrs.remove(address) {
-            Some(_) => Ok(()),
+            Some(true) => {
+                self.tally(address, false);
+                Ok(())
+            }
+            Some(false) => Ok(()),
             None => Err(self.out_of_range(id, address)),
         }
     }
@@ -438,40 +538,23 @@ impl Subnet {
         }
     }
 
-    /// Returns the utilization of the pool with this sub-pool.
+    /// Returns the utilization of the pool with this sub-pool, from the kept counts: no
+    /// counting, whatever the subnet's size or fragmentation. A sub-pool that is not a pool of
+    /// this subnet is counted on the spot.
     #[must_use]
     pub fn utilization(&self, sub_pool: Option<IpNet>) -> Utilization {
+        let free_in_range = match self.pools.get(&sub_pool) {
+            Some(tally) => tally.n_free(),
+            None => self.addrs.free_in(self.addrs.range(sub_pool)),
+        };
         Utilization {
-            allocated_in_subnet: self.addrs.count_in(self.addrs.range(None)),
-            free_in_range: self.addrs.free_in(self.addrs.range(sub_pool)),
-            free_in_union: self.free_in_union(),
+            allocated_in_subnet: self.n_allocated,
+            free_in_range,
+            free_in_union: self
+                .union
+                .iter()
+                .fold(0u128, |acc, t| acc.saturating_add(t.n_free())),
         }
-    }
-
-    /// Counts the free addresses over the union of the pools' ranges. Two prefixes either nest
-    /// or are disjoint, so the union is the set of pools not inside another one; the pool
-    /// without a sub-pool covers the whole subnet.
-    fn free_in_union(&self) -> u128 {
-        self.outermost_ranges()
-            .into_iter()
-            .fold(0u128, |acc, r| acc.saturating_add(self.addrs.free_in(r)))
-    }
-
-    fn outermost_ranges(&self) -> Vec<OrdRange> {
-        if self.pools.is_empty() || self.pools.contains(&None) {
-            return vec![self.addrs.range(None)];
-        }
-        // Sorted by network address, the larger of two prefixes at one address first, so a
-        // range inside the previous outermost one is skipped.
-        let mut out: Vec<OrdRange> = Vec::new();
-        for sub in self.pools.iter().flatten() {
-            let r = self.addrs.range(Some(*sub));
-            match out.last() {
-                Some(prev) if r.first <= prev.last => {}
-                _ => out.push(r),
-            }
-        }
-        out
     }
 }
 
@@ -741,7 +824,7 @@ impl Space {
         let id = self.id(net, req.sub_pool);
         if let Some(subnet) = self.subnets.get_mut(&net) {
             if req.sub_pool.is_some() && !subnet.has_pool(req.sub_pool) {
-                subnet.pools.insert(req.sub_pool);
+                subnet.add_pool(req.sub_pool);
                 return Ok(id);
             }
             // Name the very pool repeated, else (a pool without sub-pool on a subnet that
@@ -760,7 +843,7 @@ impl Space {
             return Err(self.overlap_error(net, req.sub_pool, existing));
         }
         let mut subnet = Subnet::new(net);
-        subnet.pools.insert(req.sub_pool);
+        subnet.add_pool(req.sub_pool);
         self.subnets.insert(net, subnet);
         Ok(id)
     }
@@ -771,8 +854,7 @@ impl Space {
     /// `PoolNotFound`.
     pub fn release_pool(&mut self, id: &PoolId) -> Result<(), Error> {
         let subnet = self.subnet_mut(id)?;
-        subnet.pools.remove(&id.sub_pool);
-        if subnet.pools.is_empty() {
+        if subnet.remove_pool(id.sub_pool) {
             self.subnets.remove(&id.subnet);
         }
         Ok(())
