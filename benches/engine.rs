@@ -212,3 +212,23 @@ fn release_request_pair_8_holding_1m_scattered(bencher: Bencher) {
         };
     });
 }
+
+/// Release+request pairs of random preferred addresses in an IPv6 /64 holding 200k addresses
+/// scattered at random (e.g. derived from MAC addresses): every allocation splits an empty
+/// run, the worst case for inserting into the run list.
+#[divan::bench(sample_count = 20)]
+fn release_request_pair_v6_64_holding_200k_scattered(bencher: Bencher) {
+    let (mut space, id) = space_with("fd00:1::/64", "");
+    let mut rng = Rng(23);
+    let mut random_addr =
+        move || IpAddr::from((0xfd00_0001_u128 << 96 | u128::from(rng.next() | 1)).to_be_bytes());
+    let mut taken: Vec<IpAddr> = (0..200_000)
+        .map(|_| space.request_address(&id, &at(random_addr())).unwrap())
+        .collect();
+    let mut pick = Rng(29);
+    bencher.bench_local(|| {
+        let i = pick.below(taken.len());
+        space.release_address(&id, taken[i]).unwrap();
+        taken[i] = space.request_address(&id, &at(random_addr())).unwrap();
+    });
+}

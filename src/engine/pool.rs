@@ -395,6 +395,16 @@ impl Subnet {
         self.addrs.net()
     }
 
+    /// Returns the memory the subnet holds, in bytes: its own size plus its heap (allocated
+    /// capacity; the pool map counted per entry, without the B-tree's node slack).
+    #[must_use]
+    pub fn mem_bytes(&self) -> usize {
+        size_of::<Self>()
+            + self.addrs.heap_bytes()
+            + self.pools.len() * size_of::<(Option<IpNet>, Tally)>()
+            + self.union.capacity() * size_of::<Tally>()
+    }
+
     /// Returns the address set (read-only: stores persist it).
     #[must_use]
     pub fn addrs(&self) -> &AddrSet {
