@@ -1,0 +1,63 @@
+//! Architecture invariants checked on the source text (as rust-analyzer's tidy tests do).
+
+// Test code: a failure to read the sources should fail the test loudly.
+#![allow(clippy::expect_used)]
+
+use std::fs;
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<(String, String)>) {
+    for entry in fs::read_dir(dir).expect("readable source dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = fs::read_to_string(&path).expect("readable source file");
+            // Code only: comments may name what the code must not use.
+            let code: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect();
+            out.push((path.display().to_string(), code.join("\n")));
+        }
+    }
+}
+
+/// The engine is pure: no async runtime, no database, no RPC, no I/O, no locks, no clock.
+#[test]
+fn the_engine_depends_on_nothing_with_side_effects() {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine"),
+        &mut files,
+    );
+    assert!(files.len() >= 5, "found the engine's files");
+    let banned = [
+        "tokio",
+        "sqlx",
+        "tonic",
+        "prost",
+        "tracing",
+        "std::fs",
+        "std::io",
+        "std::net::Tcp",
+        "std::net::Udp",
+        "std::sync",
+        "std::time",
+        "std::thread",
+        "std::env",
+        "crate::store",
+        "crate::ipam",
+        "crate::api",
+        "async fn",
+        ".await",
+    ];
+    for (path, text) in &files {
+        for word in banned {
+            assert!(
+                !text.contains(word),
+                "{path} mentions `{word}`: the engine must stay pure (ARCHITECTURE.md)"
+            );
+        }
+    }
+}
