@@ -10,43 +10,14 @@
 
 use std::net::IpAddr;
 
-use allot::engine::{AddressRequest, PoolId, PoolRequest, Space};
+mod common;
+
+use allot::engine::{AddressRequest, PoolId, Space};
+use common::{Rng, space_with};
 use divan::{Bencher, black_box};
 
 fn main() {
     divan::main();
-}
-
-/// xorshift64*: a deterministic, dependency-free source of shuffles.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        // n is small; the modulo bias is irrelevant here.
-        usize::try_from(self.next() % n as u64).unwrap_or(0)
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, self.below(i + 1));
-        }
-    }
-}
-
-fn space_with(pool: &str, sub_pool: &str) -> (Space, PoolId) {
-    let mut space = Space::new("local", Vec::new()).unwrap();
-    let v6 = pool.contains(':');
-    let id = space
-        .request_pool(&PoolRequest::parse(pool, sub_pool, v6).unwrap())
-        .unwrap();
-    (space, id)
 }
 
 const LOWEST: AddressRequest = AddressRequest {

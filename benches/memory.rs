@@ -6,27 +6,10 @@
 
 use std::net::IpAddr;
 
-use allot::engine::{AddressRequest, PoolRequest, Space};
+mod common;
 
-/// xorshift64*, the same generator the engine benchmarks use.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn space_with(pool: &str) -> (Space, allot::engine::PoolId) {
-    let mut space = Space::new("local", Vec::new()).unwrap();
-    let id = space
-        .request_pool(&PoolRequest::parse(pool, "", pool.contains(':')).unwrap())
-        .unwrap();
-    (space, id)
-}
+use allot::engine::{AddressRequest, Space};
+use common::{Rng, space_with};
 
 fn report(what: &str, space: &Space, libnetwork: &str) {
     let subnet = space.subnets().next().unwrap();
@@ -43,19 +26,19 @@ fn main() {
     println!("| state | runs | memory (bytes) | encoded (bytes) | libnetwork |");
     println!("|---|---|---|---|---|");
 
-    let (space, _) = space_with("10.0.0.0/8");
+    let (space, _) = space_with("10.0.0.0/8", "");
     report("empty /8", &space, "");
-    let (space, _) = space_with("fd00:1::/48");
+    let (space, _) = space_with("fd00:1::/48", "");
     report("empty IPv6 /48", &space, "");
 
-    let (mut space, id) = space_with("10.0.0.0/16");
+    let (mut space, id) = space_with("10.0.0.0/16", "");
     while space
         .request_address(&id, &AddressRequest::default())
         .is_ok()
     {}
     report("full /16", &space, "");
 
-    let (mut space, id) = space_with("10.0.0.0/16");
+    let (mut space, id) = space_with("10.0.0.0/16", "");
     let mut rng = Rng(7);
     let mut n = 0;
     while n < 32_768 {
@@ -75,7 +58,7 @@ fn main() {
         "50.7 KB (24.6 KB serialized; flat bitmap 8 KB)",
     );
 
-    let (mut space, id) = space_with("10.0.0.0/8");
+    let (mut space, id) = space_with("10.0.0.0/8", "");
     for _ in 0..1_000_000 {
         space
             .request_address(&id, &AddressRequest::default())
@@ -83,7 +66,7 @@ fn main() {
     }
     report("/8 holding 1M addresses in order", &space, "");
 
-    let (mut space, id) = space_with("fd00:1::/64");
+    let (mut space, id) = space_with("fd00:1::/64", "");
     let serial = AddressRequest {
         serial: true,
         ..AddressRequest::default()
