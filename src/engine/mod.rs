@@ -16,9 +16,9 @@ pub use addrset::{AddrSet, OrdRange};
 pub use bitmap::{Bitmap, Run};
 pub use error::{Error, ErrorKind};
 pub use pool::{
-    AddressRequest, DefaultPool, GATEWAY_ADDRESS_TYPE, GLOBAL_SPACE, LOCAL_SPACE, PoolId,
-    PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION, Space, Subnet, SubnetSpec, Utilization,
-    saturating_u64,
+    AddressRequest, DefaultPool, GATEWAY_ADDRESS_TYPE, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan,
+    PoolRequest, PoolSet, REQUEST_ADDRESS_TYPE, SERIAL_OPTION, Space, Subnet, SubnetSpec,
+    Utilization, overlapping, plan_pool, saturating_u64,
 };
 
 #[cfg(test)]

@@ -383,8 +383,7 @@ impl Subnet {
     ) -> Result<Self, Error> {
         let mut subnet = Self::with_addrs(addrs);
         for sub in pools {
-            check_sub_pool(subnet.net(), sub)?;
-            subnet.add_pool(sub);
+            subnet.add_pool(sub)?;
         }
         Ok(subnet)
     }
@@ -422,17 +421,22 @@ impl Subnet {
         self.pools.contains_key(&sub_pool)
     }
 
-    /// Adds a pool (the caller has checked the sub-pool belongs to the subnet); counting its
-    /// range walks the bitmap once.
-    fn add_pool(&mut self, sub_pool: Option<IpNet>) {
+    /// Adds a pool (see [`plan_pool`] for when a space allows it); counting its range walks
+    /// the bitmap once.
+    ///
+    /// # Errors
+    /// `InvalidSubPool` for a sub-pool that does not belong to the subnet.
+    pub fn add_pool(&mut self, sub_pool: Option<IpNet>) -> Result<(), Error> {
+        check_sub_pool(self.net(), sub_pool)?;
         let range = self.addrs.range(sub_pool);
         let n_allocated = self.addrs.count_in(range);
         self.pools.insert(sub_pool, Tally { range, n_allocated });
         self.recount_union();
+        Ok(())
     }
 
-    /// Removes a pool; returns whether it was the last one.
-    fn remove_pool(&mut self, sub_pool: Option<IpNet>) -> bool {
+    /// Removes a pool; returns whether it was the last one (the subnet then goes too).
+    pub fn remove_pool(&mut self, sub_pool: Option<IpNet>) -> bool {
         self.pools.remove(&sub_pool);
         self.recount_union();
         self.pools.is_empty()
@@ -720,7 +724,13 @@ impl Space {
     /// `Overlap` when it overlaps a subnet already present.
     pub fn restore(&mut self, subnet: Subnet) -> Result<(), Error> {
         if let Some(existing) = self.overlapping(subnet.net()) {
-            return Err(self.overlap_error(subnet.net(), None, existing));
+            return Err(overlap_error(
+                &self.name,
+                &self.subnets,
+                subnet.net(),
+                None,
+                existing,
+            ));
         }
         self.subnets.insert(subnet.net(), subnet);
         Ok(())
@@ -740,80 +750,7 @@ impl Space {
     /// Returns the existing subnet that overlaps `net`, if any.
     #[must_use]
     pub fn overlapping(&self, net: IpNet) -> Option<IpNet> {
-        // Subnets are pairwise disjoint, so only the last one at or before `net` can contain
-        // its first address, and only the first one after it can start inside it.
-        let before = self.subnets.range(..=net).next_back().map(|(n, _)| *n);
-        let after = self.subnets.range(net..).next().map(|(n, _)| *n);
-        [before, after]
-            .into_iter()
-            .flatten()
-            .find(|s| s.contains(&net.network()) || net.contains(&s.network()))
-    }
-
-    /// Returns the lowest free subnet of the default pools: of length `prefix_len`, or of each
-    /// pool's own split size. Gaps left by released subnets are reused.
-    ///
-    /// # Errors
-    /// `NoMoreSubnets` when no default pool of the family has room.
-    pub fn pick_subnet(&self, v6: bool, prefix_len: Option<u8>) -> Result<IpNet, Error> {
-        for pool in self.defaults.iter().filter(|d| is_v6(d.base) == v6) {
-            let len = prefix_len.unwrap_or(pool.size);
-            if len < pool.base.prefix_len() || len > pool.base.max_prefix_len() {
-                continue;
-            }
-            if let Some(net) = self.first_fit(pool.base, len) {
-                return Ok(net);
-            }
-        }
-        let family = if v6 { "IPv6" } else { "IPv4" };
-        Err(Error::NoMoreSubnets {
-            space: self.name.clone(),
-            wanted: match prefix_len {
-                Some(len) => format!("{family} /{len}"),
-                None => family.to_owned(),
-            },
-        })
-    }
-
-    fn first_fit(&self, base: IpNet, len: u8) -> Option<IpNet> {
-        let host_bits = u32::from(base.max_prefix_len() - len);
-        let span = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
-        let end = addr_bits(base.broadcast());
-        let mut cur = addr_bits(base.network());
-        loop {
-            let candidate = net_at(is_v6(base), cur, len);
-            let Some(taken) = self.overlapping(candidate) else {
-                return Some(candidate);
-            };
-            // The two prefixes nest, so the end of the larger one is aligned for the next try.
-            let next = (cur + span)
-                .max(addr_bits(taken.broadcast()))
-                .checked_add(1)?;
-            if next > end {
-                return None;
-            }
-            cur = next;
-        }
-    }
-
-    fn overlap_error(&self, requested: IpNet, sub_pool: Option<IpNet>, existing: IpNet) -> Error {
-        let existing_id = self
-            .subnets
-            .get(&existing)
-            .and_then(|s| s.pools().next())
-            .unwrap_or(None);
-        Error::Overlap {
-            requested: self.id(requested, sub_pool).to_string(),
-            existing: self.id(existing, existing_id).to_string(),
-        }
-    }
-
-    fn id(&self, subnet: IpNet, sub_pool: Option<IpNet>) -> PoolId {
-        PoolId {
-            space: self.name.clone(),
-            subnet,
-            sub_pool,
-        }
+        overlapping(&self.subnets, net)
     }
 
     /// Creates a pool and returns its id.
@@ -826,35 +763,19 @@ impl Space {
     /// `Overlap` for a repeated (subnet, sub-pool) pair, a repeated subnet, or a new subnet
     /// overlapping an existing one; `NoMoreSubnets` when a dynamic request finds no room.
     pub fn request_pool(&mut self, req: &PoolRequest) -> Result<PoolId, Error> {
-        let net = match req.subnet {
-            SubnetSpec::Exact(net) => net,
-            SubnetSpec::Dynamic { v6, prefix_len } => self.pick_subnet(v6, prefix_len)?,
-        };
-        check_sub_pool(net, req.sub_pool)?;
-        let id = self.id(net, req.sub_pool);
-        if let Some(subnet) = self.subnets.get_mut(&net) {
-            if req.sub_pool.is_some() && !subnet.has_pool(req.sub_pool) {
-                subnet.add_pool(req.sub_pool);
-                return Ok(id);
+        let (id, plan) = plan_pool(&self.name, &self.defaults, &self.subnets, req)?;
+        match plan {
+            PoolPlan::NewSubnet => {
+                let mut subnet = Subnet::new(id.subnet);
+                subnet.add_pool(id.sub_pool)?;
+                self.subnets.insert(id.subnet, subnet);
             }
-            // Name the very pool repeated, else (a pool without sub-pool on a subnet that
-            // has sub-pools) the subnet's first pool.
-            let clash = if subnet.has_pool(req.sub_pool) {
-                req.sub_pool
-            } else {
-                subnet.pools().next().unwrap_or(None)
-            };
-            return Err(Error::Overlap {
-                requested: id.to_string(),
-                existing: self.id(net, clash).to_string(),
-            });
+            PoolPlan::JoinSubnet => {
+                if let Some(subnet) = self.subnets.get_mut(&id.subnet) {
+                    subnet.add_pool(id.sub_pool)?;
+                }
+            }
         }
-        if let Some(existing) = self.overlapping(net) {
-            return Err(self.overlap_error(net, req.sub_pool, existing));
-        }
-        let mut subnet = Subnet::new(net);
-        subnet.add_pool(req.sub_pool);
-        self.subnets.insert(net, subnet);
         Ok(id)
     }
 
@@ -910,5 +831,176 @@ impl Space {
     /// `PoolNotFound`.
     pub fn utilization(&self, id: &PoolId) -> Result<Utilization, Error> {
         Ok(self.subnet_of(id)?.utilization(id.sub_pool))
+    }
+}
+
+/// Whatever a space keeps per subnet, as far as pool rules need it: which pools it holds.
+/// Implemented by [`Subnet`] and by drivers' cache entries.
+pub trait PoolSet {
+    /// Tells whether the subnet has a pool with this sub-pool.
+    fn has_pool(&self, sub_pool: Option<IpNet>) -> bool;
+    /// Returns the subnet's first pool, in id order.
+    fn first_pool(&self) -> Option<Option<IpNet>>;
+}
+
+impl PoolSet for Subnet {
+    fn has_pool(&self, sub_pool: Option<IpNet>) -> bool {
+        Subnet::has_pool(self, sub_pool)
+    }
+
+    fn first_pool(&self) -> Option<Option<IpNet>> {
+        self.pools().next()
+    }
+}
+
+/// What a pool request does to its address space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolPlan {
+    /// Create the subnet, holding this one pool.
+    NewSubnet,
+    /// Add the sub-pool to the existing subnet.
+    JoinSubnet,
+}
+
+/// Decides a pool request against the subnets an address space already has: which subnet
+/// (the given one, or the first free one of the default pools), and whether it creates the
+/// subnet or joins it.
+///
+/// A sub-pool joins its subnet's existing pools (creating the subnet if needed); the pool
+/// without sub-pool can only create a subnet. Beyond libnetwork, a new subnet is checked for
+/// overlap whether or not it comes with a sub-pool.
+///
+/// # Errors
+/// `Overlap` for a repeated (subnet, sub-pool) pair, a repeated subnet, or a new subnet
+/// overlapping an existing one; `NoMoreSubnets` when a dynamic request finds no room;
+/// `InvalidSubPool` for a sub-pool outside the chosen subnet.
+pub fn plan_pool<V: PoolSet>(
+    space: &str,
+    defaults: &[DefaultPool],
+    subnets: &BTreeMap<IpNet, V>,
+    req: &PoolRequest,
+) -> Result<(PoolId, PoolPlan), Error> {
+    let net = match req.subnet {
+        SubnetSpec::Exact(net) => net,
+        SubnetSpec::Dynamic { v6, prefix_len } => {
+            pick_subnet(space, defaults, subnets, v6, prefix_len)?
+        }
+    };
+    check_sub_pool(net, req.sub_pool)?;
+    let id = PoolId {
+        space: space.to_owned(),
+        subnet: net,
+        sub_pool: req.sub_pool,
+    };
+    if let Some(subnet) = subnets.get(&net) {
+        if req.sub_pool.is_some() && !subnet.has_pool(req.sub_pool) {
+            return Ok((id, PoolPlan::JoinSubnet));
+        }
+        // Name the very pool repeated, else (a pool without sub-pool on a subnet that has
+        // sub-pools) the subnet's first pool.
+        let clash = if subnet.has_pool(req.sub_pool) {
+            req.sub_pool
+        } else {
+            subnet.first_pool().unwrap_or(None)
+        };
+        return Err(Error::Overlap {
+            requested: id.to_string(),
+            existing: PoolId {
+                sub_pool: clash,
+                ..id.clone()
+            }
+            .to_string(),
+        });
+    }
+    if let Some(existing) = overlapping(subnets, net) {
+        return Err(overlap_error(space, subnets, net, req.sub_pool, existing));
+    }
+    Ok((id, PoolPlan::NewSubnet))
+}
+
+fn overlap_error<V: PoolSet>(
+    space: &str,
+    subnets: &BTreeMap<IpNet, V>,
+    requested: IpNet,
+    sub_pool: Option<IpNet>,
+    existing: IpNet,
+) -> Error {
+    let id = |subnet, sub_pool| {
+        PoolId {
+            space: space.to_owned(),
+            subnet,
+            sub_pool,
+        }
+        .to_string()
+    };
+    let existing_pool = subnets
+        .get(&existing)
+        .and_then(PoolSet::first_pool)
+        .unwrap_or(None);
+    Error::Overlap {
+        requested: id(requested, sub_pool),
+        existing: id(existing, existing_pool),
+    }
+}
+
+/// Returns the subnet of `subnets` (pairwise disjoint, as in any space) that overlaps `net`.
+#[must_use]
+pub fn overlapping<V>(subnets: &BTreeMap<IpNet, V>, net: IpNet) -> Option<IpNet> {
+    // Subnets are pairwise disjoint, so only the last one at or before `net` can contain its
+    // first address, and only the first one after it can start inside it.
+    let before = subnets.range(..=net).next_back().map(|(n, _)| *n);
+    let after = subnets.range(net..).next().map(|(n, _)| *n);
+    [before, after]
+        .into_iter()
+        .flatten()
+        .find(|s| s.contains(&net.network()) || net.contains(&s.network()))
+}
+
+/// Returns the lowest free subnet of the default pools: of length `prefix_len`, or of each
+/// pool's own split size. Gaps left by released subnets are reused.
+fn pick_subnet<V>(
+    space: &str,
+    defaults: &[DefaultPool],
+    subnets: &BTreeMap<IpNet, V>,
+    v6: bool,
+    prefix_len: Option<u8>,
+) -> Result<IpNet, Error> {
+    for pool in defaults.iter().filter(|d| is_v6(d.base) == v6) {
+        let len = prefix_len.unwrap_or(pool.size);
+        if len < pool.base.prefix_len() || len > pool.base.max_prefix_len() {
+            continue;
+        }
+        if let Some(net) = first_fit(subnets, pool.base, len) {
+            return Ok(net);
+        }
+    }
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    Err(Error::NoMoreSubnets {
+        space: space.to_owned(),
+        wanted: match prefix_len {
+            Some(len) => format!("{family} /{len}"),
+            None => family.to_owned(),
+        },
+    })
+}
+
+fn first_fit<V>(subnets: &BTreeMap<IpNet, V>, base: IpNet, len: u8) -> Option<IpNet> {
+    let host_bits = u32::from(base.max_prefix_len() - len);
+    let span = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+    let end = addr_bits(base.broadcast());
+    let mut cur = addr_bits(base.network());
+    loop {
+        let candidate = net_at(is_v6(base), cur, len);
+        let Some(taken) = overlapping(subnets, candidate) else {
+            return Some(candidate);
+        };
+        // The two prefixes nest, so the end of the larger one is aligned for the next try.
+        let next = (cur + span)
+            .max(addr_bits(taken.broadcast()))
+            .checked_add(1)?;
+        if next > end {
+            return None;
+        }
+        cur = next;
     }
 }
