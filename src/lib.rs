@@ -1,5 +1,7 @@
 //! allot: IP address management as a service.
 //!
-//! Modules in reading order: [`engine`], the pure allocation engine everything else builds on.
+//! Modules in reading order: [`engine`] (the pure allocation engine), [`store`] (persistence
+//! behind one trait).
 
 pub mod engine;
+pub mod store;

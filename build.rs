@@ -1,0 +1,16 @@
+//! Compiles `proto/ipam/v1/ipam.proto` with protox (pure Rust: no system protoc) and writes the
+//! encoded descriptor set that server reflection serves (comments included, for `describe`).
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let fds = protox::compile(["proto/ipam/v1/ipam.proto"], ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("ipam_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,141 @@
+//! An in-memory store: the same contract as the SQL backends, for tests and `memory:`.
+//! It keeps the encoded form, so it exercises the same encode/decode path they do.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use super::{Error, Store, SubnetRecord, decode_subnet, pool_key};
+use crate::engine::Subnet;
+
+type Key = (String, String, String);
+
+/// A stored subnet: version, encoded state, pool keys.
+type Row = (u64, Vec<u8>, Vec<String>);
+
+/// Subnets in a map, lost when the process exits.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: Mutex<BTreeMap<Key, Row>>,
+}
+
+impl MemoryStore {
+    /// Returns an empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Row>> {
+        // A panic while holding the lock cannot leave a row half-written (each write is one
+        // insert or remove), so a poisoned map is still consistent.
+        self.rows.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn key(tenant: &str, space: &str, net: IpNet) -> Key {
+    (tenant.to_owned(), space.to_owned(), net.to_string())
+}
+
+fn row(subnet: &Subnet, version: u64) -> Row {
+    (
+        version,
+        subnet.addrs().encode(),
+        subnet.pools().map(pool_key).collect(),
+    )
+}
+
+fn record(space: &str, subnet: &str, (version, state, pools): &Row) -> Result<SubnetRecord, Error> {
+    Ok(SubnetRecord {
+        space: space.to_owned(),
+        subnet: decode_subnet(space, subnet, state, pools)?,
+        version: *version,
+    })
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
+        self.rows()
+            .iter()
+            .filter(|((t, _, _), _)| t == tenant)
+            .map(|((_, space, subnet), row)| record(space, subnet, row))
+            .collect()
+    }
+
+    async fn load_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<SubnetRecord>, Error> {
+        let rows = self.rows();
+        let k = key(tenant, space, net);
+        rows.get(&k).map(|row| record(space, &k.2, row)).transpose()
+    }
+
+    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+        let mut rows = self.rows();
+        let k = key(tenant, space, subnet.net());
+        if rows.contains_key(&k) {
+            return Err(Error::Conflict {
+                space: space.to_owned(),
+                subnet: k.2,
+            });
+        }
+        rows.insert(k, row(subnet, 1));
+        Ok(())
+    }
+
+    async fn update_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let mut rows = self.rows();
+        let k = key(tenant, space, subnet.net());
+        match rows.get_mut(&k) {
+            None => Err(Error::NotFound {
+                space: space.to_owned(),
+                subnet: k.2,
+            }),
+            Some(stored) if stored.0 + 1 != version => Err(Error::Conflict {
+                space: space.to_owned(),
+                subnet: k.2,
+            }),
+            Some(stored) => {
+                *stored = row(subnet, version);
+                Ok(())
+            }
+        }
+    }
+
+    async fn delete_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let mut rows = self.rows();
+        let k = key(tenant, space, net);
+        match rows.get(&k) {
+            None => Err(Error::NotFound {
+                space: space.to_owned(),
+                subnet: k.2,
+            }),
+            Some(stored) if stored.0 != version => Err(Error::Conflict {
+                space: space.to_owned(),
+                subnet: k.2,
+            }),
+            Some(_) => {
+                rows.remove(&k);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Persistence of subnets, behind one small trait in domain terms: engine values in, engine
+//! values out. Only this module knows SQL; no backend type escapes it.
+//!
+//! Backends: [`MemoryStore`] (tests, `memory:`), [`SqliteStore`] (the embedded default).
+
+mod error;
+mod memory;
+mod sqlite;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use crate::engine::{AddrSet, Subnet};
+
+pub use error::Error;
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// The tenant every row belongs to until tenancy lands.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A subnet as stored: its address space, its state, and the version of that state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetRecord {
+    pub space: String,
+    pub subnet: Subnet,
+    /// Starts at 1 and grows by one with every change.
+    pub version: u64,
+}
+
+/// Durable storage of subnets. Every write either happens whole or not at all.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Loads every subnet of a tenant.
+    async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error>;
+
+    /// Loads one subnet, if stored.
+    async fn load_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<SubnetRecord>, Error>;
+
+    /// Stores a new subnet at version 1. `Conflict` if it is already stored.
+    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error>;
+
+    /// Replaces a subnet's state by `subnet` at `version`, if the stored version is
+    /// `version - 1`. `Conflict` otherwise, `NotFound` if it is not stored.
+    async fn update_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+        version: u64,
+    ) -> Result<(), Error>;
+
+    /// Deletes a subnet and its pools, if stored at `version`.
+    async fn delete_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        version: u64,
+    ) -> Result<(), Error>;
+}
+
+/// Encodes a subnet's pools for storage: the sub-pool's CIDR, or "" for the pool without one.
+fn pool_key(sub_pool: Option<IpNet>) -> String {
+    sub_pool.map(|p| p.to_string()).unwrap_or_default()
+}
+
+/// Rebuilds a subnet from its stored parts, checking everything.
+fn decode_subnet(
+    space: &str,
+    subnet: &str,
+    state: &[u8],
+    pools: &[String],
+) -> Result<Subnet, Error> {
+    let corrupt = |source| Error::Corrupt {
+        space: space.to_owned(),
+        subnet: subnet.to_owned(),
+        source,
+    };
+    let net: IpNet = subnet.parse().map_err(|_| {
+        corrupt(crate::engine::Error::Corrupt {
+            reason: "stored subnet is not a prefix",
+        })
+    })?;
+    let addrs = AddrSet::decode(net, state).map_err(corrupt)?;
+    let mut sub_pools = Vec::with_capacity(pools.len());
+    for p in pools {
+        if p.is_empty() {
+            sub_pools.push(None);
+        } else {
+            let sub = p.parse().map_err(|_| {
+                corrupt(crate::engine::Error::Corrupt {
+                    reason: "stored sub-pool is not a prefix",
+                })
+            })?;
+            sub_pools.push(Some(sub));
+        }
+    }
+    Subnet::from_parts(addrs, sub_pools).map_err(corrupt)
+}
+
+#[cfg(test)]
+mod conformance;

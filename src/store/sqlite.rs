@@ -1,0 +1,287 @@
+//! The embedded default: one SQLite file (WAL, `synchronous=FULL`, so a commit is on disk before
+//! the reply). Runtime queries only; migrations in `migrations/sqlite/`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{Error, Store, SubnetRecord, decode_subnet, pool_key};
+use crate::engine::Subnet;
+
+/// The SQLite schema migrations, run at startup and by `allot migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a writer waits for another one before giving up with `Unavailable`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Subnets in a SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) and migrates the database at `url`: `sqlite://PATH`, or
+    /// `sqlite::memory:`.
+    ///
+    /// # Errors
+    /// `Internal` for a malformed URL or a failed migration, `Unavailable` when the file
+    /// cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::Internal(e.into()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        // An in-memory database lives in its connection: keep exactly one.
+        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| Error::Internal(e.into()))?;
+        Ok(Self { pool })
+    }
+
+    async fn pools_of(
+        tx: &mut Transaction<'_, Sqlite>,
+        tenant: &str,
+        space: &str,
+        subnet: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT sub_pool FROM pools WHERE tenant = ? AND space = ? AND subnet = ? \
+             ORDER BY sub_pool",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(subnet)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect()
+    }
+
+    async fn write_pools(
+        tx: &mut Transaction<'_, Sqlite>,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+    ) -> Result<(), sqlx::Error> {
+        let net = subnet.net().to_string();
+        sqlx::query("DELETE FROM pools WHERE tenant = ? AND space = ? AND subnet = ?")
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .execute(&mut **tx)
+            .await?;
+        for sub_pool in subnet.pools() {
+            sqlx::query("INSERT INTO pools (tenant, space, subnet, sub_pool) VALUES (?, ?, ?, ?)")
+                .bind(tenant)
+                .bind(space)
+                .bind(&net)
+                .bind(pool_key(sub_pool))
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn to_i64(version: u64) -> Result<i64, Error> {
+    i64::try_from(version).map_err(|e| Error::Internal(e.into()))
+}
+
+/// Maps a driver error into the store's terms: busy or unreachable is `Unavailable`, a
+/// duplicate key a `Conflict`, anything else `Internal`.
+fn map_err(e: sqlx::Error, space: &str, subnet: &str) -> Error {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::Conflict {
+            space: space.to_owned(),
+            subnet: subnet.to_owned(),
+        },
+        // SQLITE_BUSY (5) and SQLITE_LOCKED (6): another writer held on past the timeout.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")) => {
+            Error::Unavailable(db.into())
+        }
+        e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed) => {
+            Error::Unavailable(e.into())
+        }
+        e => Error::Internal(e.into()),
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
+        let err = |e| map_err(e, "", "");
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let rows = sqlx::query(
+            "SELECT space, subnet, version, state FROM subnets WHERE tenant = ? \
+             ORDER BY space, subnet",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let space: String = row.try_get(0).map_err(err)?;
+            let subnet: String = row.try_get(1).map_err(err)?;
+            let version: i64 = row.try_get(2).map_err(err)?;
+            let state: Vec<u8> = row.try_get(3).map_err(err)?;
+            let pools = Self::pools_of(&mut tx, tenant, &space, &subnet)
+                .await
+                .map_err(err)?;
+            out.push(SubnetRecord {
+                subnet: decode_subnet(&space, &subnet, &state, &pools)?,
+                version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+                space,
+            });
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(out)
+    }
+
+    async fn load_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<SubnetRecord>, Error> {
+        let subnet = net.to_string();
+        let err = |e| map_err(e, space, &subnet);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let row = sqlx::query(
+            "SELECT version, state FROM subnets WHERE tenant = ? AND space = ? AND subnet = ?",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&subnet)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        let Some(row) = row else { return Ok(None) };
+        let version: i64 = row.try_get(0).map_err(err)?;
+        let state: Vec<u8> = row.try_get(1).map_err(err)?;
+        let pools = Self::pools_of(&mut tx, tenant, space, &subnet)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(Some(SubnetRecord {
+            space: space.to_owned(),
+            subnet: decode_subnet(space, &subnet, &state, &pools)?,
+            version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+        }))
+    }
+
+    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+        let net = subnet.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        sqlx::query(
+            "INSERT INTO subnets (tenant, space, subnet, version, state) VALUES (?, ?, ?, 1, ?)",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .bind(subnet.addrs().encode())
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        Self::write_pools(&mut tx, tenant, space, subnet)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    async fn update_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let net = subnet.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let updated = sqlx::query(
+            "UPDATE subnets SET version = ?, state = ? \
+             WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
+        )
+        .bind(to_i64(version)?)
+        .bind(subnet.addrs().encode())
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .bind(to_i64(version.saturating_sub(1))?)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if updated == 0 {
+            let exists =
+                sqlx::query("SELECT 1 FROM subnets WHERE tenant = ? AND space = ? AND subnet = ?")
+                    .bind(tenant)
+                    .bind(space)
+                    .bind(&net)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err)?
+                    .is_some();
+            let (space, subnet) = (space.to_owned(), net.clone());
+            return Err(if exists {
+                Error::Conflict { space, subnet }
+            } else {
+                Error::NotFound { space, subnet }
+            });
+        }
+        Self::write_pools(&mut tx, tenant, space, subnet)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)
+    }
+
+    async fn delete_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let subnet = net.to_string();
+        let err = |e| map_err(e, space, &subnet);
+        let deleted = sqlx::query(
+            "DELETE FROM subnets WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&subnet)
+        .bind(to_i64(version)?)
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if deleted == 0 {
+            return Err(Error::Conflict {
+                space: space.to_owned(),
+                subnet,
+            });
+        }
+        Ok(())
+    }
+}
