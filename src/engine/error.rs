@@ -23,6 +23,12 @@ pub enum Error {
         input: String,
         reason: &'static str,
     },
+    #[error("invalid option {key:?}={value:?}: {reason}")]
+    InvalidOption {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
     #[error("invalid pool id {input:?}: {reason}")]
     InvalidPoolId { input: String, reason: &'static str },
     #[error("pool {requested} overlaps existing pool {existing}")]
@@ -78,6 +84,7 @@ impl Error {
             | Self::InvalidAddressSpace { .. }
             | Self::InvalidAddress { .. }
             | Self::InvalidPoolId { .. }
+            | Self::InvalidOption { .. }
             | Self::OutOfRange { .. } => ErrorKind::Invalid,
             Self::PoolNotFound { .. } => ErrorKind::NotFound,
             Self::Overlap { .. } | Self::AddressInUse { .. } => ErrorKind::AlreadyExists,

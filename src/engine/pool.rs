@@ -518,11 +518,12 @@ impl Subnet {
     }
 
     /// Releases `address` in pool `id`; releasing a free address succeeds (idempotent).
+    /// Returns whether the address was in use, i.e. whether anything changed.
     ///
     /// # Errors
     /// `PoolNotFound`, `OutOfRange`, or `ReservedAddress` for the network, broadcast or anycast
     /// address (libnetwork silently un-reserves those; allot refuses).
-    pub fn release(&mut self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
+    pub fn release(&mut self, id: &PoolId, address: IpAddr) -> Result<bool, Error> {
         self.check_pool(id)?;
         if let Some(&(_, what)) = reserved_addresses(self.net())
             .iter()
@@ -537,9 +538,9 @@ impl Subnet {
         match self.addrs.remove(address) {
             Some(true) => {
                 self.tally(address, false);
-                Ok(())
+                Ok(true)
             }
-            Some(false) => Ok(()),
+            Some(false) => Ok(false),
             None => Err(self.out_of_range(id, address)),
         }
     }
@@ -822,7 +823,7 @@ impl Space {
     /// # Errors
     /// As [`Subnet::release`].
     pub fn release_address(&mut self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.subnet_mut(id)?.release(id, address)
+        self.subnet_mut(id)?.release(id, address).map(|_| ())
     }
 
     /// Returns the utilization of pool `id`.

@@ -1,0 +1,163 @@
+//! The `ipam.v1.IpamService` implementation: parse, call the driver, convert back. One span per
+//! RPC, named after it, with the pool id and address as fields.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::{Span, field};
+
+use super::status::status;
+use crate::ipam::{self, Ipam};
+use crate::proto::{self, pb};
+
+/// The gRPC service, over any IPAM driver.
+#[derive(Clone)]
+pub struct IpamApi {
+    ipam: Arc<dyn Ipam>,
+}
+
+impl IpamApi {
+    /// Serves `ipam`.
+    pub fn new(ipam: Arc<dyn Ipam>) -> Self {
+        Self { ipam }
+    }
+}
+
+fn invalid(err: crate::engine::Error) -> Status {
+    status(&ipam::Error::Engine(err))
+}
+
+#[tonic::async_trait]
+impl pb::ipam_service_server::IpamService for IpamApi {
+    #[tracing::instrument(name = "GetDefaultAddressSpaces", skip_all)]
+    async fn get_default_address_spaces(
+        &self,
+        _request: Request<pb::GetDefaultAddressSpacesRequest>,
+    ) -> Result<Response<pb::GetDefaultAddressSpacesResponse>, Status> {
+        let (local, global) = self.ipam.default_address_spaces();
+        Ok(Response::new(pb::GetDefaultAddressSpacesResponse {
+            local_default_address_space: local,
+            global_default_address_space: global,
+        }))
+    }
+
+    #[tracing::instrument(name = "GetCapabilities", skip_all)]
+    async fn get_capabilities(
+        &self,
+        _request: Request<pb::GetCapabilitiesRequest>,
+    ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
+        let caps = self.ipam.capabilities();
+        Ok(Response::new(pb::GetCapabilitiesResponse {
+            requires_mac_address: caps.requires_mac_address,
+            requires_request_replay: caps.requires_request_replay,
+        }))
+    }
+
+    #[tracing::instrument(
+        name = "RequestPool",
+        skip_all,
+        fields(address_space = %request.get_ref().address_space, pool = %request.get_ref().pool,
+               sub_pool = %request.get_ref().sub_pool, pool_id = field::Empty)
+    )]
+    async fn request_pool(
+        &self,
+        request: Request<pb::RequestPoolRequest>,
+    ) -> Result<Response<pb::RequestPoolResponse>, Status> {
+        let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
+        let id = self
+            .ipam
+            .request_pool(&space, &req)
+            .await
+            .map_err(|e| status(&e))?;
+        Span::current().record("pool_id", field::display(&id));
+        Ok(Response::new(pb::RequestPoolResponse {
+            pool_id: id.to_string(),
+            pool: id.subnet().to_string(),
+            data: Default::default(),
+        }))
+    }
+
+    #[tracing::instrument(name = "ReleasePool", skip_all, fields(pool_id = %request.get_ref().pool_id))]
+    async fn release_pool(
+        &self,
+        request: Request<pb::ReleasePoolRequest>,
+    ) -> Result<Response<pb::ReleasePoolResponse>, Status> {
+        let id = proto::pool_id(&request.get_ref().pool_id).map_err(invalid)?;
+        self.ipam.release_pool(&id).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ReleasePoolResponse {}))
+    }
+
+    #[tracing::instrument(name = "ListPools", skip_all, fields(address_space = %request.get_ref().address_space))]
+    async fn list_pools(
+        &self,
+        request: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let space = &request.get_ref().address_space;
+        let space = (!space.is_empty()).then_some(space.as_str());
+        let ids = self.ipam.list_pools(space).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ListPoolsResponse {
+            pools: ids.iter().map(proto::pool).collect(),
+        }))
+    }
+
+    #[tracing::instrument(
+        name = "RequestAddress",
+        skip_all,
+        fields(pool_id = %request.get_ref().pool_id, address = field::Empty)
+    )]
+    async fn request_address(
+        &self,
+        request: Request<pb::RequestAddressRequest>,
+    ) -> Result<Response<pb::RequestAddressResponse>, Status> {
+        let r = request.get_ref();
+        let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+        let req = proto::address_request(&id, &r.address, &r.options).map_err(invalid)?;
+        let address = self
+            .ipam
+            .request_address(&id, &req)
+            .await
+            .map_err(|e| status(&e))?;
+        Span::current().record("address", field::display(&address));
+        Ok(Response::new(pb::RequestAddressResponse {
+            address: address.to_string(),
+            data: Default::default(),
+        }))
+    }
+
+    #[tracing::instrument(
+        name = "ReleaseAddress",
+        skip_all,
+        fields(pool_id = %request.get_ref().pool_id, address = %request.get_ref().address)
+    )]
+    async fn release_address(
+        &self,
+        request: Request<pb::ReleaseAddressRequest>,
+    ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
+        let r = request.get_ref();
+        let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+        let address = proto::address(&id, &r.address).map_err(invalid)?;
+        self.ipam
+            .release_address(&id, address)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(pb::ReleaseAddressResponse {}))
+    }
+
+    #[tracing::instrument(name = "GetIpamState", skip_all, fields(n_pools = request.get_ref().pool_ids.len()))]
+    async fn get_ipam_state(
+        &self,
+        request: Request<pb::GetIpamStateRequest>,
+    ) -> Result<Response<pb::GetIpamStateResponse>, Status> {
+        let ids = request
+            .get_ref()
+            .pool_ids
+            .iter()
+            .map(|s| proto::pool_id(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let states = self.ipam.utilization(&ids).await.map_err(|e| status(&e))?;
+        Ok(Response::new(pb::GetIpamStateResponse {
+            pools: states.iter().map(proto::pool_state).collect(),
+        }))
+    }
+}

@@ -1,0 +1,409 @@
+//! The `allot` command: the server (`serve`, `migrate`) and a gRPC client for operators
+//! (`pool`, `address`, `state`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+use tonic::transport::Channel;
+
+use crate::config::{DatabaseArgs, ServeArgs};
+use crate::engine::{GATEWAY_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
+use crate::proto::pb;
+use crate::proto::pb::ipam_service_client::IpamServiceClient;
+use crate::{startup, telemetry};
+
+/// allot: IP address management. `allot serve` runs the service; the other commands talk to
+/// a running one.
+#[derive(Debug, Parser)]
+#[command(name = "allot", version, about)]
+pub struct Cli {
+    /// The server the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "ALLOT_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service (SQLite file allot.db in the working directory by default).
+    Serve(ServeArgs),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(DatabaseArgs),
+    /// Request, release or list pools.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Request or release addresses.
+    #[command(subcommand)]
+    Address(AddressCommand),
+    /// Show how full every pool (or the pools named) is.
+    State {
+        /// Pool ids; none for every pool.
+        pool_ids: Vec<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool and print its id.
+    Request {
+        /// Address space.
+        #[arg(long, default_value = "local")]
+        space: String,
+        /// Subnet (CIDR); omit for the next free one from the default pools.
+        #[arg(long, default_value = "")]
+        pool: String,
+        /// Ip-range inside the subnet (CIDR).
+        #[arg(long, default_value = "")]
+        sub_pool: String,
+        /// IPv6 pool.
+        #[arg(long)]
+        v6: bool,
+    },
+    /// Delete a pool.
+    Release { pool_id: String },
+    /// List pools.
+    List {
+        /// Only this address space.
+        #[arg(long, default_value = "")]
+        space: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddressCommand {
+    /// Allocate an address and print it (with the subnet's prefix length).
+    Request {
+        pool_id: String,
+        /// The address wanted; omit for the next free one.
+        address: Option<String>,
+        /// Serial allocation: continue after the most recent allocation.
+        #[arg(long)]
+        serial: bool,
+        /// Mark the request as a gateway request.
+        #[arg(long)]
+        gateway: bool,
+    },
+    /// Free an address.
+    Release { pool_id: String, address: String },
+}
+
+/// Output format of `allot state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// Runs the command line.
+///
+/// # Errors
+/// Anything that goes wrong, as one line for the user.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => {
+            startup::open_store(&args.database_url).await?;
+            println!("database {} is up to date", args.database_url);
+            Ok(())
+        }
+        Command::Pool(cmd) => pool(&cli.server, cmd).await,
+        Command::Address(cmd) => address(&cli.server, cmd).await,
+        Command::State { pool_ids, output } => state(&cli.server, pool_ids, output).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init(args.log_format, std::io::stderr);
+    let store = startup::open_store(&args.database.database_url).await?;
+    let ipam = startup::driver(store, args.default_pools()).await?;
+    let listener = startup::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    if args.database.database_url == "memory:" {
+        tracing::warn!("database memory: nothing is persisted; every pool is lost on exit");
+    }
+    tracing::warn!("authentication is disabled: every caller acts for the default tenant");
+    tracing::info!(%addr, database = %args.database.database_url, "allot listening");
+    startup::serve(listener, ipam, startup::shutdown_signal()).await
+}
+
+async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {
+    let url = if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    };
+    IpamServiceClient::connect(url.clone())
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// Turns a status into a one-line error.
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(failed)`
+fn failed(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
+    let mut c = client(server).await?;
+    match cmd {
+        PoolCommand::Request {
+            space,
+            pool,
+            sub_pool,
+            v6,
+        } => {
+            let r = c
+                .request_pool(pb::RequestPoolRequest {
+                    address_space: space,
+                    pool,
+                    sub_pool,
+                    options: HashMap::new(),
+                    v6,
+                })
+                .await
+                .map_err(failed)?;
+            println!("{}", r.get_ref().pool_id);
+        }
+        PoolCommand::Release { pool_id } => {
+            c.release_pool(pb::ReleasePoolRequest { pool_id })
+                .await
+                .map_err(failed)?;
+        }
+        PoolCommand::List { space } => {
+            let r = c
+                .list_pools(pb::ListPoolsRequest {
+                    address_space: space,
+                })
+                .await
+                .map_err(failed)?;
+            for p in &r.get_ref().pools {
+                println!("{}", p.pool_id);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn address(server: &str, cmd: AddressCommand) -> anyhow::Result<()> {
+    let mut c = client(server).await?;
+    match cmd {
+        AddressCommand::Request {
+            pool_id,
+            address,
+            serial,
+            gateway,
+        } => {
+            let mut options = HashMap::new();
+            if serial {
+                options.insert(SERIAL_OPTION.to_owned(), "true".to_owned());
+            }
+            if gateway {
+                options.insert(
+                    REQUEST_ADDRESS_TYPE.to_owned(),
+                    GATEWAY_ADDRESS_TYPE.to_owned(),
+                );
+            }
+            let r = c
+                .request_address(pb::RequestAddressRequest {
+                    pool_id,
+                    address: address.unwrap_or_default(),
+                    options,
+                })
+                .await
+                .map_err(failed)?;
+            println!("{}", r.get_ref().address);
+        }
+        AddressCommand::Release { pool_id, address } => {
+            c.release_address(pb::ReleaseAddressRequest { pool_id, address })
+                .await
+                .map_err(failed)?;
+        }
+    }
+    Ok(())
+}
+
+async fn state(server: &str, pool_ids: Vec<String>, output: Output) -> anyhow::Result<()> {
+    let mut c = client(server).await?;
+    let r = c
+        .get_ipam_state(pb::GetIpamStateRequest { pool_ids })
+        .await
+        .map_err(failed)?;
+    let pools = &r.get_ref().pools;
+    match output {
+        Output::Json => println!("{}", state_json(pools)),
+        Output::Table => print!("{}", state_table(pools)),
+    }
+    Ok(())
+}
+
+/// `allot state --output json`: one object per pool, counts as numbers (saturating at 2^64-1)
+/// and as exact decimal strings.
+#[must_use]
+pub fn state_json(pools: &[pb::PoolState]) -> String {
+    let items: Vec<serde_json::Value> = pools
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "pool_id": p.pool_id,
+                "address_space": p.address_space,
+                "subnet": p.subnet,
+                "ip_range": p.ip_range,
+                "allocated_ips_in_subnet": p.allocated_ips_in_subnet,
+                "allocated_ips_in_subnet_exact": p.allocated_ips_in_subnet_exact,
+                "available_ips_in_ip_range_pool": p.available_ips_in_ip_range_pool,
+                "available_ips_in_ip_range_pool_exact": p.available_ips_in_ip_range_pool_exact,
+                "available_ips_in_subnet_ranges": p.available_ips_in_subnet_ranges,
+                "available_ips_in_subnet_ranges_exact": p.available_ips_in_subnet_ranges_exact,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(items).to_string()
+}
+
+/// Width of the utilization bar, in characters.
+const BAR: usize = 20;
+
+/// `allot state`: pool, subnet, range, addresses in use in the subnet, free in the range, and
+/// a bar of how much of the range is taken.
+#[must_use]
+pub fn state_table(pools: &[pb::PoolState]) -> String {
+    let header = ["POOL", "SUBNET", "RANGE", "IN USE", "FREE", "RANGE USED"];
+    let rows: Vec<[String; 6]> = pools
+        .iter()
+        .map(|p| {
+            let range = if p.ip_range.is_empty() {
+                &p.subnet
+            } else {
+                &p.ip_range
+            };
+            [
+                p.pool_id.clone(),
+                p.subnet.clone(),
+                if p.ip_range.is_empty() {
+                    "-".to_owned()
+                } else {
+                    p.ip_range.clone()
+                },
+                p.allocated_ips_in_subnet_exact.clone(),
+                p.available_ips_in_ip_range_pool_exact.clone(),
+                bar(range, &p.available_ips_in_ip_range_pool_exact),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: [&str; 6]| {
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            // Counts right-aligned, text left-aligned; no padding after the last column.
+            let _ = match i {
+                3 | 4 => write!(out, "{cell:>w$}  "),
+                5 => write!(out, "{cell}"),
+                _ => write!(out, "{cell:<w$}  "),
+            };
+        }
+        out.push('\n');
+    };
+    line(header);
+    for row in &rows {
+        line(row.each_ref().map(String::as_str));
+    }
+    if rows.is_empty() {
+        out.push_str("(no pools)\n");
+    }
+    out
+}
+
+/// `[#####...............]  25.0%`: the share of `range` no longer free.
+fn bar(range: &str, free: &str) -> String {
+    let (Ok(net), Ok(free)) = (range.parse::<IpNet>(), free.parse::<u128>()) else {
+        return String::new();
+    };
+    let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let size = 1u128.checked_shl(host_bits).unwrap_or(u128::MAX);
+    let used = size.saturating_sub(free);
+    // Display only: f64 rounding is fine here.
+    #[allow(clippy::cast_precision_loss)]
+    let share = used as f64 / size as f64;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let filled = ((share * BAR as f64).round() as usize).min(BAR);
+    format!(
+        "[{}{}] {:5.1}%",
+        "#".repeat(filled),
+        ".".repeat(BAR - filled),
+        share * 100.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pool_id: &str, subnet: &str, range: &str, used: &str, free: &str) -> pb::PoolState {
+        pb::PoolState {
+            pool_id: pool_id.into(),
+            subnet: subnet.into(),
+            ip_range: range.into(),
+            allocated_ips_in_subnet_exact: used.into(),
+            available_ips_in_ip_range_pool_exact: free.into(),
+            ..pb::PoolState::default()
+        }
+    }
+
+    #[test]
+    fn the_state_table_lines_up_and_shows_the_share_of_the_range_used() {
+        let t = state_table(&[
+            state(
+                "local/192.168.10.0/24/192.168.10.128/31",
+                "192.168.10.0/24",
+                "192.168.10.128/31",
+                "4",
+                "1",
+            ),
+            state(
+                "local/fd00::/64",
+                "fd00::/64",
+                "",
+                "1",
+                "18446744073709551615",
+            ),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("POOL "));
+        assert!(
+            lines[1].ends_with("[##########..........]  50.0%"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with("[....................]   0.0%"),
+            "{}",
+            lines[2]
+        );
+        // Columns start at the same place on every line.
+        let col = |l: &str, what: &str| l.find(&format!("  {what}")).unwrap();
+        assert_eq!(col(lines[0], "SUBNET"), col(lines[1], "192.168.10.0/24"));
+        assert_eq!(col(lines[0], "SUBNET"), col(lines[2], "fd00::/64"));
+        assert!(state_table(&[]).ends_with("RANGE USED\n(no pools)\n"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Server settings: defaults, overridden by `ALLOT_*` environment variables, overridden by
+//! flags (clap reads both). Parsing a bad value is a one-line error, never a panic.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use clap::{Args, ValueEnum};
+use ipnet::IpNet;
+
+use crate::engine::{DefaultPool, GLOBAL_SPACE, LOCAL_SPACE};
+
+/// `allot serve` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on for gRPC.
+    #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Log format.
+    #[arg(long, env = "ALLOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// A default address pool, replacing the built-in ones of its address space:
+    /// `[space=NAME,]base=CIDR,size=LEN` (space defaults to local). Repeat for several; in
+    /// ALLOT_DEFAULT_ADDRESS_POOLS separate them with `;`.
+    #[arg(
+        long = "default-address-pool",
+        env = "ALLOT_DEFAULT_ADDRESS_POOLS",
+        value_delimiter = ';',
+        value_parser = parse_default_pool
+    )]
+    pub default_address_pools: Vec<(String, DefaultPool)>,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `sqlite://PATH` (created if missing), or `memory:` (nothing persisted).
+    #[arg(long, env = "ALLOT_DATABASE_URL", default_value = "sqlite://allot.db")]
+    pub database_url: String,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl ServeArgs {
+    /// The default address pools of each address space: the built-in ones (Docker's), with
+    /// every space named in `--default-address-pool` replaced by the pools given for it.
+    #[must_use]
+    pub fn default_pools(&self) -> BTreeMap<String, Vec<DefaultPool>> {
+        let mut pools = BTreeMap::from([
+            (LOCAL_SPACE.to_owned(), DefaultPool::local_defaults()),
+            (GLOBAL_SPACE.to_owned(), DefaultPool::global_defaults()),
+        ]);
+        let mut given: BTreeMap<String, Vec<DefaultPool>> = BTreeMap::new();
+        for (space, pool) in &self.default_address_pools {
+            given.entry(space.clone()).or_default().push(*pool);
+        }
+        pools.extend(given);
+        pools
+    }
+}
+
+/// Parses `[space=NAME,]base=CIDR,size=LEN`.
+fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
+    let mut space = LOCAL_SPACE.to_owned();
+    let (mut base, mut size) = (None, None);
+    for part in input.split(',') {
+        match part.trim().split_once('=') {
+            Some(("space", v)) => {
+                crate::engine::pool::check_space_name(v).map_err(|e| e.to_string())?;
+                space = v.to_owned();
+            }
+            Some(("base", v)) => {
+                base = Some(
+                    v.parse::<IpNet>()
+                        .map_err(|_| format!("base {v:?} is not a CIDR prefix"))?,
+                );
+            }
+            Some(("size", v)) => {
+                size = Some(
+                    v.parse::<u8>()
+                        .map_err(|_| format!("size {v:?} is not a prefix length"))?,
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "expected [space=NAME,]base=CIDR,size=LEN, got {input:?}"
+                ));
+            }
+        }
+    }
+    let (Some(base), Some(size)) = (base, size) else {
+        return Err(format!("{input:?} needs both base= and size="));
+    };
+    let pool = DefaultPool::new(base, size).map_err(|e| e.to_string())?;
+    Ok((space, pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pools_parse_with_clear_errors() {
+        let (space, pool) = parse_default_pool("base=10.10.0.0/16,size=24").unwrap();
+        assert_eq!(space, "local");
+        assert_eq!(pool.base().to_string(), "10.10.0.0/16");
+        assert_eq!(pool.size(), 24);
+        let (space, _) = parse_default_pool("space=global,base=fd00::/48,size=64").unwrap();
+        assert_eq!(space, "global");
+        for bad in [
+            "",
+            "base=10.0.0.0/16",
+            "base=banana,size=24",
+            "base=10.0.0.0/16,size=8",
+            "base=10.0.0.1/16,size=24",
+            "space=a/b,base=10.0.0.0/16,size=24",
+            "colour=red",
+        ] {
+            assert!(parse_default_pool(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The driver-agnostic IPAM interface. Generic code (the gRPC service, the state query)
+//! reaches drivers only through [`Ipam`]; it never calls into a driver's internals.
+//!
+//! Drivers: [`Builtin`] (the engine, an in-memory cache of every subnet, and a store).
+
+mod builtin;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+
+use crate::engine::{self, AddressRequest, ErrorKind, PoolId, PoolRequest, Utilization};
+use crate::store;
+
+pub use builtin::Builtin;
+
+/// What a driver needs from its callers (Docker's `GetCapabilities`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    pub requires_mac_address: bool,
+    pub requires_request_replay: bool,
+}
+
+/// The utilization of one pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolState {
+    pub id: PoolId,
+    pub utilization: Utilization,
+}
+
+/// An IPAM driver.
+#[async_trait]
+pub trait Ipam: Send + Sync + 'static {
+    /// Returns the default (local, global) address spaces.
+    fn default_address_spaces(&self) -> (String, String);
+
+    /// Returns what the driver needs from its callers.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Creates a pool in `space`.
+    async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error>;
+
+    /// Deletes a pool (its subnet goes with its last pool).
+    async fn release_pool(&self, id: &PoolId) -> Result<(), Error>;
+
+    /// Lists the pools of one address space, or of all, in address order.
+    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error>;
+
+    /// Allocates an address; returns it with the subnet's prefix length.
+    async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error>;
+
+    /// Frees an address (freeing a free one succeeds).
+    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error>;
+
+    /// Returns the utilization of the pools named, in that order, or of every pool when none
+    /// is named.
+    async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error>;
+}
+
+/// The error of an IPAM operation: the engine's or the store's.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// A bug: an invariant did not hold.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The classes of [`Error`] callers tell apart; the API maps each to one status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Invalid,
+    NotFound,
+    AlreadyExists,
+    Exhausted,
+    FailedPrecondition,
+    /// A concurrent change won: retrying may succeed.
+    Aborted,
+    /// Storage is down: retrying later may succeed.
+    Unavailable,
+    Internal,
+}
+
+impl Error {
+    /// Returns the class of this error.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Engine(e) => match e.kind() {
+                ErrorKind::Invalid => Kind::Invalid,
+                ErrorKind::NotFound => Kind::NotFound,
+                ErrorKind::AlreadyExists => Kind::AlreadyExists,
+                ErrorKind::Exhausted => Kind::Exhausted,
+                ErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+                ErrorKind::Internal => Kind::Internal,
+            },
+            Self::Store(e) => match e {
+                store::Error::NotFound { .. } | store::Error::Conflict { .. } => Kind::Aborted,
+                store::Error::Unavailable(_) => Kind::Unavailable,
+                store::Error::Corrupt { .. } | store::Error::Internal(_) => Kind::Internal,
+            },
+            Self::Internal(_) => Kind::Internal,
+        }
+    }
+}
+
+fn not_found(id: &PoolId) -> Error {
+    Error::Engine(engine::Error::PoolNotFound {
+        pool_id: id.to_string(),
+    })
+}

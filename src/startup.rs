@@ -1,0 +1,118 @@
+//! Builds the store, the driver and the gRPC server (with reflection and health), and runs it
+//! until a shutdown signal, finishing the requests in flight.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::IpamApi;
+use crate::engine::DefaultPool;
+use crate::ipam::{Builtin, Ipam};
+use crate::proto::pb;
+use crate::proto::pb::ipam_service_server::IpamServiceServer;
+use crate::store::{DEFAULT_TENANT, MemoryStore, SqliteStore, Store};
+
+/// Opens the store a database URL names, creating and migrating it if needed.
+///
+/// # Errors
+/// An unsupported or malformed URL, or a database that cannot be opened or migrated.
+pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    if url == "memory:" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url)
+            .await
+            .with_context(|| format!("opening {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    bail!("unsupported database URL {url:?}: expected sqlite://PATH or memory:")
+}
+
+/// Loads the built-in driver over `store`.
+///
+/// # Errors
+/// The store cannot be read, or holds corrupt data.
+pub async fn driver(
+    store: Arc<dyn Store>,
+    defaults: BTreeMap<String, Vec<DefaultPool>>,
+) -> anyhow::Result<Arc<dyn Ipam>> {
+    let driver = Builtin::load(store, DEFAULT_TENANT, defaults)
+        .await
+        .context("loading subnets from the store")?;
+    Ok(Arc::new(driver))
+}
+
+/// Serves the gRPC API for `ipam` on `listener` until `shutdown` resolves, then stops taking
+/// connections and finishes the requests in flight.
+///
+/// # Errors
+/// The reflection service cannot be built, or the server fails.
+pub async fn serve(
+    listener: TcpListener,
+    ipam: Arc<dyn Ipam>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // grpcurl 1.8 speaks only v1alpha reflection; newer clients use v1: serve both.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IpamServiceServer<IpamApi>>().await;
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IpamServiceServer::new(IpamApi::new(ipam)))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await
+        .context("serving gRPC")
+}
+
+/// Binds `addr`.
+///
+/// # Errors
+/// The address is in use or not ours.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
