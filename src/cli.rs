@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -128,7 +129,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    telemetry::init(args.log_format, std::io::stderr);
+    telemetry::init(
+        args.log_format,
+        std::io::stderr().is_terminal(),
+        std::io::stderr,
+    );
     let store = startup::open_store(&args.database.database_url).await?;
     let ipam = startup::driver(store, args.default_pools()).await?;
     let listener = startup::bind(args.listen).await?;
@@ -138,7 +143,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::warn!("authentication is disabled: every caller acts for the default tenant");
     tracing::info!(%addr, database = %args.database.database_url, "allot listening");
-    startup::serve(listener, ipam, startup::shutdown_signal()).await
+    startup::serve(
+        listener,
+        ipam,
+        startup::shutdown_signal(),
+        args.shutdown_grace,
+    )
+    .await
 }
 
 async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use ipnet::IpNet;
@@ -18,6 +19,11 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+
+    /// How long a shutdown (SIGINT, SIGTERM) waits for requests in flight before closing the
+    /// connections still open, e.g. `10s`, `500ms`.
+    #[arg(long, env = "ALLOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 
     /// Log format.
     #[arg(long, env = "ALLOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -70,6 +76,23 @@ impl ServeArgs {
     }
 }
 
+/// Parses `10s`, `500ms` or `2m`.
+fn parse_duration(input: &str) -> Result<Duration, String> {
+    let split = input
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(input.len());
+    let (n, unit) = input.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{input:?} is not a duration like 10s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{input:?}: the unit must be ms, s or m")),
+    }
+}
+
 /// Parses `[space=NAME,]base=CIDR,size=LEN`.
 fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
     let mut space = LOCAL_SPACE.to_owned();
@@ -109,6 +132,16 @@ fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "10", "10h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn default_pools_parse_with_clear_errors() {

@@ -5,9 +5,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -50,7 +52,8 @@ pub async fn driver(
 }
 
 /// Serves the gRPC API for `ipam` on `listener` until `shutdown` resolves, then stops taking
-/// connections and finishes the requests in flight.
+/// connections and finishes the requests in flight, for at most `grace`: a client that keeps
+/// an idle connection open does not hold the process up longer.
 ///
 /// # Errors
 /// The reflection service cannot be built, or the server fails.
@@ -58,6 +61,7 @@ pub async fn serve(
     listener: TcpListener,
     ipam: Arc<dyn Ipam>,
     shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
 ) -> anyhow::Result<()> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -69,17 +73,31 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IpamServiceServer<IpamApi>>().await;
-    Server::builder()
+    let (stopping, stopped) = oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IpamServiceServer::new(IpamApi::new(ipam)))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
-        .context("serving gRPC")
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    let grace_over = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served.context("serving gRPC"),
+        () = grace_over => {
+            tracing::warn!(?grace, "grace period over: closing the connections still open");
+            Ok(())
+        }
+    }
 }
 
 /// Binds `addr`.

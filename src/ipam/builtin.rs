@@ -328,10 +328,13 @@ impl Ipam for Builtin {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        if ids.is_empty() {
-            let all = self.list_pools(None).await?;
-            return Box::pin(self.utilization(&all)).await;
-        }
+        let all;
+        let ids = if ids.is_empty() {
+            all = self.list_pools(None).await?;
+            &all
+        } else {
+            ids
+        };
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             let subnet = self.cell(id).await?.view();

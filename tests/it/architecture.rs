@@ -1,8 +1,5 @@
 //! Architecture invariants checked on the source text (as rust-analyzer's tidy tests do).
 
-// Test code: a failure to read the sources should fail the test loudly.
-#![allow(clippy::expect_used)]
-
 use std::fs;
 use std::path::Path;
 

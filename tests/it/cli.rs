@@ -1,0 +1,127 @@
+//! The `allot` client verbs against a running server.
+
+use std::sync::Arc;
+
+use allot::store::MemoryStore;
+
+use crate::helpers::*;
+
+async fn allot(server: &str, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .await
+        .expect("run allot");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_requests_releases_and_reports() {
+    let app = spawn_app(Arc::new(MemoryStore::new())).await;
+    let server = app.addr.to_string();
+    let (ok, out, err) = allot(
+        &server,
+        &[
+            "pool",
+            "request",
+            "--pool",
+            "10.20.0.0/24",
+            "--sub-pool",
+            "10.20.0.128/25",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "local/10.20.0.0/24/10.20.0.128/25");
+    let id = out.trim().to_owned();
+    let (ok, out, _) = allot(
+        &server,
+        &["address", "request", &id, "--gateway", "10.20.0.1"],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(out.trim(), "10.20.0.1/24");
+    let (ok, out, _) = allot(&server, &["address", "request", &id, "--serial"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), "10.20.0.128/24");
+    let (ok, out, _) = allot(&server, &["pool", "list"]).await;
+    assert!(ok);
+    assert_eq!(out.trim(), id);
+
+    let (ok, out, _) = allot(&server, &["state"]).await;
+    assert!(ok);
+    let row = out.lines().nth(1).expect("a row");
+    assert!(row.starts_with(&id), "{out}");
+    assert!(row.contains("  4  "), "in use: .0, .255, .1, .128: {out}");
+    assert!(
+        row.contains("126"),
+        "free in the /25 (.128 taken, .255 reserved): {out}"
+    );
+
+    let (ok, out, _) = allot(&server, &["state", "--output", "json", &id]).await;
+    assert!(ok);
+    let json: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(json[0]["pool_id"], id.as_str());
+    assert_eq!(json[0]["allocated_ips_in_subnet"], 4);
+    assert_eq!(json[0]["available_ips_in_ip_range_pool"], 126);
+    assert_eq!(json[0]["available_ips_in_ip_range_pool_exact"], "126");
+
+    let (ok, _, _) = allot(&server, &["address", "release", &id, "10.20.0.128"]).await;
+    assert!(ok);
+    let (ok, _, err) = allot(&server, &["address", "release", &id, "10.20.0.255"]).await;
+    assert!(!ok, "the broadcast address cannot be released");
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("10.20.0.255"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let (ok, _, _) = allot(&server, &["pool", "release", &id]).await;
+    assert!(ok);
+    let (ok, out, _) = allot(&server, &["state"]).await;
+    assert!(ok);
+    assert!(out.contains("(no pools)"), "{out}");
+    app.stop().await;
+
+    // A server that is not there: one line, non-zero.
+    let (ok, _, err) = allot(&server, &["state"]).await;
+    assert!(!ok);
+    assert!(err.starts_with("allot: connecting to"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_flags_and_urls_are_one_line_errors() {
+    let dir = TempDir::new("badflags");
+    for args in [
+        vec!["serve", "--listen", "nonsense"],
+        vec!["serve", "--database-url", "mysql://x"],
+        vec!["serve", "--default-address-pool", "base=10.0.0.0/8"],
+        vec!["serve", "--log-format", "xml"],
+        vec!["migrate", "--database-url", "oracle://x"],
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(&args)
+            .current_dir(&dir.0)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.trim().is_empty(), "{args:?} says why");
+    }
+    // `migrate` creates the default file where it is run.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["migrate"])
+        .current_dir(&dir.0)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(dir.0.join("allot.db").exists());
+}

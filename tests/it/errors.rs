@@ -1,0 +1,198 @@
+//! Every error code, with a message naming the pool and address; malformed input never
+//! panics the server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use allot::proto::pb;
+use allot::store::SqliteStore;
+use sqlx::Connection;
+use tonic::Code;
+
+use crate::helpers::*;
+
+fn check(r: Result<impl std::fmt::Debug, tonic::Status>, code: Code, words: &[&str]) {
+    let err = r.expect_err("an error");
+    assert_eq!(err.code(), code, "{err:?}");
+    for w in words {
+        assert!(err.message().contains(w), "{:?} lacks {w:?}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn every_error_has_its_code_and_names_what_it_concerns() {
+    for (_, store, _dir) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let id = request_pool(&mut c, "10.9.0.0/30", "").await.unwrap();
+        // ALREADY_EXISTS: overlap, and an address in use.
+        check(
+            request_pool(&mut c, "10.9.0.0/24", "").await,
+            Code::AlreadyExists,
+            &["10.9.0.0/24", "local/10.9.0.0/30"],
+        );
+        request_address(&mut c, &id, "10.9.0.1", &[]).await.unwrap();
+        check(
+            request_address(&mut c, &id, "10.9.0.1", &[]).await,
+            Code::AlreadyExists,
+            &["10.9.0.1", "local/10.9.0.0/30"],
+        );
+        // RESOURCE_EXHAUSTED: the /30 has two hosts.
+        request_address(&mut c, &id, "", &[]).await.unwrap();
+        check(
+            request_address(&mut c, &id, "", &[]).await,
+            Code::ResourceExhausted,
+            &["local/10.9.0.0/30"],
+        );
+        // FAILED_PRECONDITION: the broadcast address is reserved.
+        check(
+            release_address(&mut c, &id, "10.9.0.3").await,
+            Code::FailedPrecondition,
+            &["10.9.0.3", "broadcast"],
+        );
+        // INVALID_ARGUMENT: an address outside the subnet.
+        check(
+            request_address(&mut c, &id, "10.9.1.1", &[]).await,
+            Code::InvalidArgument,
+            &["10.9.1.1", "outside", "10.9.0.0/30"],
+        );
+        // NOT_FOUND: a well-formed id of no pool, in every RPC that takes one.
+        let missing = "local/10.77.0.0/16";
+        check(
+            request_address(&mut c, missing, "", &[]).await,
+            Code::NotFound,
+            &[missing],
+        );
+        check(
+            release_address(&mut c, missing, "10.77.0.1").await,
+            Code::NotFound,
+            &[missing],
+        );
+        check(
+            c.release_pool(pb::ReleasePoolRequest {
+                pool_id: missing.into(),
+            })
+            .await,
+            Code::NotFound,
+            &[missing],
+        );
+        check(
+            c.get_ipam_state(pb::GetIpamStateRequest {
+                pool_ids: vec![missing.into()],
+            })
+            .await,
+            Code::NotFound,
+            &[missing],
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_is_refused_and_the_server_keeps_serving() {
+    let (_, store, _dir) = backends().await.remove(1);
+    let app = spawn_app(store).await;
+    let mut c = app.client.clone();
+    let id = request_pool(&mut c, "10.8.0.0/24", "").await.unwrap();
+    let huge = "9".repeat(3 << 20);
+    let pool = |space: &str, pool: &str, sub_pool: &str, v6: bool| pb::RequestPoolRequest {
+        address_space: space.into(),
+        pool: pool.into(),
+        sub_pool: sub_pool.into(),
+        options: HashMap::new(),
+        v6,
+    };
+    let bad_pools = [
+        pool("local", "10.1.2.300/24", "", false),
+        pool("local", "10.1.2.0/33", "", false),
+        pool("local", "10.1.2.5/24", "", false),
+        pool("local", "fd00::/64", "", false),
+        pool("local", "10.1.0.0/16", "fd00::/120", false),
+        pool("local", "10.1.0.0/16", "10.2.0.0/24", false),
+        pool("local", "", "10.1.0.0/24", false),
+        pool("", "10.1.0.0/16", "", false),
+        pool("no/such", "10.1.0.0/16", "", false),
+        pool("nosuchspace", "10.1.0.0/16", "", false),
+        pool("local", &huge, "", false),
+        pool("local", "\u{0}\u{ffff}", "", false),
+        pb::RequestPoolRequest {
+            options: HashMap::from([("colour".to_owned(), "red".to_owned())]),
+            ..pool("local", "10.1.0.0/16", "", false)
+        },
+    ];
+    for req in bad_pools {
+        let shown = format!("{:.60?}", req.pool);
+        let err = c.request_pool(req).await.expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{shown}: {err:?}");
+        assert!(err.message().len() < 300, "messages stay short: {shown}");
+    }
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Code);
+    let bad_addresses: [Case; 9] = [
+        ("", "", &[], Code::InvalidArgument),
+        ("local", "", &[], Code::InvalidArgument),
+        ("local/10.8.0.0/24/x", "", &[], Code::InvalidArgument),
+        (&huge, "", &[], Code::InvalidArgument),
+        ("local/10.99.0.0/24", "", &[], Code::NotFound),
+        (&id, "banana", &[], Code::InvalidArgument),
+        (&id, "fd00::1", &[], Code::InvalidArgument),
+        (
+            &id,
+            "",
+            &[("com.docker.network.ipam.serial", "yes")],
+            Code::InvalidArgument,
+        ),
+        (
+            &id,
+            "",
+            &[("com.example.unknown", "1")],
+            Code::InvalidArgument,
+        ),
+    ];
+    for (pool_id, address, options, code) in bad_addresses {
+        let err = request_address(&mut c, pool_id, address, options)
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), code, "{pool_id:.40} {address}: {err:?}");
+    }
+    let err = c
+        .get_ipam_state(pb::GetIpamStateRequest {
+            pool_ids: vec!["garbage".into()],
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Still serving, and nothing was allocated by the refused requests.
+    assert_eq!(
+        request_address(&mut c, &id, "", &[]).await.unwrap(),
+        "10.8.0.1/24"
+    );
+    assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 3);
+    app.stop().await;
+}
+
+/// Another process holding SQLite's write lock past the busy timeout: the request fails with
+/// UNAVAILABLE (retryable), changes nothing, and succeeds once the lock is gone.
+#[tokio::test]
+async fn a_locked_database_is_unavailable_and_recovers() {
+    let dir = TempDir::new("locked");
+    let store = SqliteStore::connect(&dir.db_url()).await.unwrap();
+    let app = spawn_app(Arc::new(store)).await;
+    let mut c = app.client.clone();
+    let id = request_pool(&mut c, "10.6.0.0/24", "").await.unwrap();
+    let mut other = sqlx::SqliteConnection::connect(&dir.db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = request_address(&mut c, &id, "", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    assert_eq!(
+        request_address(&mut c, &id, "", &[]).await.unwrap(),
+        "10.6.0.1/24"
+    );
+    assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 3);
+    app.stop().await;
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: a real server on a real socket (or the real binary), driven over gRPC.
+//! One binary, with the helpers in `helpers`.
+
+// Test code: a broken precondition should fail the test at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod architecture;
+mod cli;
+mod durability;
+mod errors;
+mod grpcurl;
+mod helpers;
+mod semantics;
