@@ -1,0 +1,309 @@
+//! End-to-end gRPC benchmarks over loopback (see BENCHMARKS.md). Run: `cargo bench --bench grpc`.
+//!
+//! Each scenario keeps 64 requests in flight (16 tasks on each of 4 connections) for a fixed
+//! time and reports requests/s with p50/p99 latency. The ceiling is a bare tonic server started
+//! here, serving the same generated service with handlers that do nothing: what tonic, HTTP/2
+//! and loopback cost on this machine. Under `cargo test` (no `--bench`) every scenario runs
+//! briefly, as a smoke test.
+
+// Set-up panics on failure (a bug to see at once); counts become f64 for display only.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot::engine::{DefaultPool, LOCAL_SPACE};
+use allot::proto::pb;
+use allot::proto::pb::ipam_service_client::IpamServiceClient;
+use allot::proto::pb::ipam_service_server::{IpamService, IpamServiceServer};
+use allot::startup;
+use allot::store::{MemoryStore, SqliteStore, Store};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+type Client = IpamServiceClient<Channel>;
+
+const CONNECTIONS: usize = 4;
+const TASKS_PER_CONNECTION: usize = 16;
+
+/// The ceiling: the same service, every handler an immediate empty reply.
+struct Bare;
+
+#[tonic::async_trait]
+impl IpamService for Bare {
+    async fn get_default_address_spaces(
+        &self,
+        _: Request<pb::GetDefaultAddressSpacesRequest>,
+    ) -> Result<Response<pb::GetDefaultAddressSpacesResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn get_capabilities(
+        &self,
+        _: Request<pb::GetCapabilitiesRequest>,
+    ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn request_pool(
+        &self,
+        _: Request<pb::RequestPoolRequest>,
+    ) -> Result<Response<pb::RequestPoolResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn release_pool(
+        &self,
+        _: Request<pb::ReleasePoolRequest>,
+    ) -> Result<Response<pb::ReleasePoolResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn list_pools(
+        &self,
+        _: Request<pb::ListPoolsRequest>,
+    ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn request_address(
+        &self,
+        _: Request<pb::RequestAddressRequest>,
+    ) -> Result<Response<pb::RequestAddressResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn release_address(
+        &self,
+        _: Request<pb::ReleaseAddressRequest>,
+    ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn get_ipam_state(
+        &self,
+        _: Request<pb::GetIpamStateRequest>,
+    ) -> Result<Response<pb::GetIpamStateResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+}
+
+async fn start_bare() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IpamServiceServer::new(Bare))
+            .serve_with_incoming(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            ),
+    );
+    addr
+}
+
+async fn start_allot(store: Arc<dyn Store>) -> SocketAddr {
+    let defaults = [(LOCAL_SPACE.to_owned(), DefaultPool::local_defaults())].into();
+    let ipam = startup::driver(store, defaults).await.unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(startup::serve(
+        listener,
+        ipam,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    addr
+}
+
+async fn clients(addr: SocketAddr) -> Vec<Client> {
+    let mut out = Vec::new();
+    for _ in 0..CONNECTIONS {
+        out.push(Client::connect(format!("http://{addr}")).await.unwrap());
+    }
+    out
+}
+
+struct Stats {
+    per_s: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Runs `op` from 64 tasks for `warmup` (unrecorded) then `run`.
+async fn load<F, Fut>(clients: &[Client], warmup: Duration, run: Duration, op: F) -> Stats
+where
+    F: Fn(Client, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let start = Instant::now() + warmup;
+    let end = start + run;
+    let mut tasks = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        for j in 0..TASKS_PER_CONNECTION {
+            let (c, op) = (c.clone(), op.clone());
+            let task = i * TASKS_PER_CONNECTION + j;
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        return latencies;
+                    }
+                    op(c.clone(), task).await;
+                    if t0 >= start {
+                        latencies.push(t0.elapsed());
+                    }
+                }
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Stats {
+        per_s: all.len() as f64 / run.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+async fn make_pools(c: &mut Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = c
+            .request_pool(pb::RequestPoolRequest {
+                address_space: LOCAL_SPACE.into(),
+                pool: format!("10.{i}.0.0/16"),
+                sub_pool: String::new(),
+                options: HashMap::new(),
+                v6: false,
+            })
+            .await
+            .unwrap();
+        ids.push(r.into_inner().pool_id);
+    }
+    ids
+}
+
+fn state_op(
+    ids: Vec<String>,
+) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
+    let ids = Arc::new(ids);
+    move |mut c: Client, _task| {
+        let ids = Arc::clone(&ids);
+        Box::pin(async move {
+            let r = c
+                .get_ipam_state(pb::GetIpamStateRequest {
+                    pool_ids: ids.to_vec(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.get_ref().pools.len(), ids.len());
+        })
+    }
+}
+
+fn pair_op(
+    ids: Vec<String>,
+) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
+    let ids = Arc::new(ids);
+    move |mut c: Client, task| {
+        let id = ids[task % ids.len()].clone();
+        Box::pin(async move {
+            let a = c
+                .request_address(pb::RequestAddressRequest {
+                    pool_id: id.clone(),
+                    address: String::new(),
+                    options: HashMap::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .address;
+            c.release_address(pb::ReleaseAddressRequest {
+                pool_id: id,
+                address: a,
+            })
+            .await
+            .unwrap();
+        })
+    }
+}
+
+fn row(what: &str, s: &Stats, unit: &str) {
+    println!(
+        "| {what} | {:.0} {unit}/s | {:.0} µs | {:.0} µs |",
+        s.per_s,
+        s.p50.as_secs_f64() * 1e6,
+        s.p99.as_secs_f64() * 1e6
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (warmup, run) = if full {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(200))
+    };
+    println!("| scenario (64 in flight, loopback) | throughput | p50 | p99 |");
+    println!("|---|---|---|---|");
+
+    let bare = clients(start_bare().await).await;
+    let ceiling = load(&bare, warmup, run, state_op(Vec::new())).await;
+    row(
+        "bare tonic server, empty unary handler (ceiling)",
+        &ceiling,
+        "req",
+    );
+
+    let addr = start_allot(Arc::new(MemoryStore::new())).await;
+    let mut cs = clients(addr).await;
+    let ids = make_pools(&mut cs[0], 16).await;
+    let one = load(&cs, warmup, run, state_op(ids[..1].to_vec())).await;
+    row("GetIpamState, 1 pool", &one, "req");
+    println!(
+        "| GetIpamState, 1 pool, share of the ceiling | {:.0}% | | |",
+        100.0 * one.per_s / ceiling.per_s
+    );
+    let sixteen = load(&cs, warmup, run, state_op(ids.clone())).await;
+    row("GetIpamState, 16 pools per request", &sixteen, "req");
+    let pairs = load(&cs, warmup, run, pair_op(ids[..1].to_vec())).await;
+    row(
+        "RequestAddress+ReleaseAddress, memory store, 1 pool",
+        &pairs,
+        "pair",
+    );
+    let pairs = load(&cs, warmup, run, pair_op(ids.clone())).await;
+    row(
+        "RequestAddress+ReleaseAddress, memory store, 16 pools",
+        &pairs,
+        "pair",
+    );
+
+    let dir = std::env::temp_dir().join(format!("allot-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("bench.db").display());
+    let addr = start_allot(Arc::new(SqliteStore::connect(&url).await.unwrap())).await;
+    let mut cs = clients(addr).await;
+    let ids = make_pools(&mut cs[0], 16).await;
+    let pairs = load(&cs, warmup, run, pair_op(ids[..1].to_vec())).await;
+    row(
+        "RequestAddress+ReleaseAddress, SQLite store, 1 pool",
+        &pairs,
+        "pair",
+    );
+    let pairs = load(&cs, warmup, run, pair_op(ids.clone())).await;
+    row(
+        "RequestAddress+ReleaseAddress, SQLite store, 16 pools",
+        &pairs,
+        "pair",
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
