@@ -58,3 +58,33 @@ fn the_engine_depends_on_nothing_with_side_effects() {
         }
     }
 }
+
+fn code_under(dir: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    rust_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut files);
+    assert!(!files.is_empty(), "found {dir}");
+    files
+}
+
+fn assert_absent(files: &[(String, String)], banned: &[&str], why: &str) {
+    for (path, text) in files {
+        for word in banned {
+            assert!(!text.contains(word), "{path} mentions `{word}`: {why}");
+        }
+    }
+}
+
+/// Only the store knows SQL; the layers below the API know nothing of tonic or prost.
+#[test]
+fn layers_keep_to_their_dependencies() {
+    let mut all = code_under("src");
+    all.retain(|(p, _)| !p.contains("/store/"));
+    assert_absent(&all, &["sqlx", "SELECT ", "INSERT "], "only src/store knows SQL");
+    let mut below_api = code_under("src/store");
+    below_api.extend(code_under("src/ipam"));
+    assert_absent(
+        &below_api,
+        &["tonic", "prost", "crate::api", "crate::proto"],
+        "stores and drivers know nothing of the API",
+    );
+}
