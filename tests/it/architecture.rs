@@ -79,7 +79,11 @@ fn assert_absent(files: &[(String, String)], banned: &[&str], why: &str) {
 fn layers_keep_to_their_dependencies() {
     let mut all = code_under("src");
     all.retain(|(p, _)| !p.contains("/store/"));
-    assert_absent(&all, &["sqlx", "SELECT ", "INSERT "], "only src/store knows SQL");
+    assert_absent(
+        &all,
+        &["sqlx", "SELECT ", "INSERT "],
+        "only src/store knows SQL",
+    );
     let mut below_api = code_under("src/store");
     below_api.extend(code_under("src/ipam"));
     assert_absent(

@@ -196,3 +196,70 @@ async fn a_locked_database_is_unavailable_and_recovers() {
     assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 3);
     app.stop().await;
 }
+
+/// Two servers on one SQLite file (a misconfiguration, but a possible one): the version check
+/// refuses the stale writer with ABORTED, and its retry, after a reload, never hands out an
+/// address the other server already gave away.
+#[tokio::test]
+async fn a_stale_writer_is_aborted_and_never_hands_out_an_address_twice() {
+    let dir = TempDir::new("two-writers");
+    let a = spawn_app(Arc::new(SqliteStore::connect(&dir.db_url()).await.unwrap())).await;
+    let mut ca = a.client.clone();
+    let id = request_pool(&mut ca, "10.7.0.0/24", "").await.unwrap();
+    let b = spawn_app(Arc::new(SqliteStore::connect(&dir.db_url()).await.unwrap())).await;
+    let mut cb = b.client.clone();
+    assert_eq!(
+        request_address(&mut ca, &id, "", &[]).await.unwrap(),
+        "10.7.0.1/24"
+    );
+    check(
+        request_address(&mut cb, &id, "", &[]).await,
+        Code::Aborted,
+        &["10.7.0.0/24", "retry"],
+    );
+    assert_eq!(
+        request_address(&mut cb, &id, "", &[]).await.unwrap(),
+        "10.7.0.2/24",
+        "the retry saw the other server's allocation"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A subnet whose stored state is damaged: the client gets INTERNAL with no details (they go
+/// to the log), and the other pools keep working.
+#[tokio::test]
+async fn corrupt_stored_state_is_internal_and_redacted() {
+    let dir = TempDir::new("corrupt");
+    let app = spawn_app(Arc::new(SqliteStore::connect(&dir.db_url()).await.unwrap())).await;
+    let mut c = app.client.clone();
+    let id = request_pool(&mut c, "10.5.0.0/24", "").await.unwrap();
+    let other = request_pool(&mut c, "10.4.0.0/24", "").await.unwrap();
+    // Lock the database so a write fails (the cell must then reload), and damage the row.
+    let mut db = sqlx::SqliteConnection::connect(&dir.db_url())
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let err = request_address(&mut c, &id, "", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    sqlx::query("UPDATE subnets SET state = x'01ff' WHERE subnet = '10.5.0.0/24'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("COMMIT").execute(&mut db).await.unwrap();
+    let err = request_address(&mut c, &id, "", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert!(
+        !err.message().contains("corrupt"),
+        "details stay in the log: {}",
+        err.message()
+    );
+    assert_eq!(
+        request_address(&mut c, &other, "", &[]).await.unwrap(),
+        "10.4.0.1/24"
+    );
+    app.stop().await;
+}
