@@ -513,6 +513,17 @@ impl Bitmap {
             })
     }
 
+    /// Iterates over the runs that overlap blocks `lo..=hi`, in block order.
+    pub fn runs_overlapping(&self, lo: u128, hi: u128) -> impl Iterator<Item = Run> + '_ {
+        self.runs_from(self.pos_of(lo))
+            .take_while(move |&(start, _, _)| start <= hi)
+            .map(|(start, end, bits)| Run {
+                start,
+                n_blocks: end - start,
+                bits,
+            })
+    }
+
     /// Rebuilds a bitmap from its runs, as a store persisted them.
     ///
     /// # Errors
@@ -639,6 +650,50 @@ impl Builder {
             return Err(corrupt("bits set past the last ordinal"));
         }
         Ok(b)
+    }
+}
+
+/// The runs a change rewrote: what a store that keeps runs as rows must write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunDelta {
+    /// Starts of runs that no longer exist.
+    pub removed: Vec<u128>,
+    /// Runs that are new or changed (keyed by start).
+    pub upserted: Vec<Run>,
+}
+
+impl RunDelta {
+    /// Computes the runs that differ between `old` and `new` (two states of one bitmap) given
+    /// the blocks whose bits changed. Only runs overlapping a changed block or its neighbours
+    /// can differ: a split or merge reaches one block either side, no further.
+    #[must_use]
+    pub fn between(old: &Bitmap, new: &Bitmap, changed_blocks: &[u128]) -> Self {
+        use std::collections::BTreeMap;
+        let last_block = new.last() >> 6;
+        let mut before: BTreeMap<u128, Run> = BTreeMap::new();
+        let mut after: BTreeMap<u128, Run> = BTreeMap::new();
+        for &b in changed_blocks {
+            let (lo, hi) = (b.saturating_sub(1), b.saturating_add(1).min(last_block));
+            before.extend(old.runs_overlapping(lo, hi).map(|r| (r.start, r)));
+            after.extend(new.runs_overlapping(lo, hi).map(|r| (r.start, r)));
+        }
+        Self {
+            removed: before
+                .keys()
+                .filter(|s| !after.contains_key(s))
+                .copied()
+                .collect(),
+            upserted: after
+                .into_values()
+                .filter(|r| before.get(&r.start) != Some(r))
+                .collect(),
+        }
+    }
+
+    /// Tells whether nothing changed.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.upserted.is_empty()
     }
 }
 
@@ -911,7 +966,42 @@ mod tests {
         b.check_invariants();
     }
 
+    /// Applying the delta of each change to the previous runs gives the new runs, and the
+    /// delta stays within a few runs of the change.
+    fn check_deltas(last: u128, ops: &[Op]) {
+        use std::collections::BTreeMap;
+        let mut b = Bitmap::new(last);
+        let mut rows: BTreeMap<u128, Run> = b.runs().map(|r| (r.start, r)).collect();
+        for op in ops {
+            let (Op::Insert(o) | Op::Remove(o)) = *op else {
+                continue;
+            };
+            let old = b.clone();
+            let changed = if matches!(op, Op::Insert(_)) {
+                b.insert(o)
+            } else {
+                b.remove(o)
+            };
+            let blocks: Vec<u128> = if changed { vec![o >> 6] } else { Vec::new() };
+            let delta = RunDelta::between(&old, &b, &blocks);
+            assert!(delta.removed.len() + delta.upserted.len() <= 6, "{delta:?}");
+            for start in &delta.removed {
+                rows.remove(start);
+            }
+            for run in &delta.upserted {
+                rows.insert(run.start, *run);
+            }
+            let want: BTreeMap<u128, Run> = b.runs().map(|r| (r.start, r)).collect();
+            assert_eq!(rows, want);
+        }
+    }
+
     proptest! {
+        #[test]
+        fn run_deltas_rebuild_the_runs(ops in ops(64 * 64 - 1)) {
+            check_deltas(64 * 64 - 1, &ops);
+        }
+
         #[test]
         fn small_bitmaps_match_the_model(ops in ops(300)) {
             check_against_model(300, &ops);

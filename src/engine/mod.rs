@@ -13,7 +13,7 @@ pub mod error;
 pub mod pool;
 
 pub use addrset::{AddrSet, OrdRange};
-pub use bitmap::{Bitmap, Run};
+pub use bitmap::{Bitmap, Run, RunDelta};
 pub use error::{Error, ErrorKind};
 pub use pool::{
     AddressRequest, DefaultPool, GATEWAY_ADDRESS_TYPE, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan,
