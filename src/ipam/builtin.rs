@@ -10,11 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock as SyncRwLock};
+use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock as SyncRwLock};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, RwLock, oneshot};
 
 use super::{Capabilities, Error, Ipam, PoolState, not_found};
 use crate::engine::{
@@ -25,9 +25,14 @@ use crate::store::{self, Store, SubnetRecord};
 
 /// The built-in IPAM driver.
 pub struct Builtin {
+    ctx: Arc<Ctx>,
+    spaces: BTreeMap<String, SpaceCache>,
+}
+
+/// What a commit needs, shared with the tasks that run batches.
+struct Ctx {
     store: Arc<dyn Store>,
     tenant: String,
-    spaces: BTreeMap<String, SpaceCache>,
 }
 
 /// One address space: its default pools and its subnets.
@@ -40,6 +45,8 @@ struct SpaceCache {
 
 /// One subnet of the cache.
 struct Cell {
+    // Mutations waiting for the next batch, in arrival order.
+    pending: SyncMutex<Vec<Job>>,
     state: Mutex<CellState>,
     // Invariant: the subnet as last committed (the same value as `state.subnet` whenever the
     // state lock is free).
@@ -60,6 +67,7 @@ impl Cell {
     fn new(subnet: Subnet, version: u64) -> Self {
         let subnet = Arc::new(subnet);
         Self {
+            pending: SyncMutex::new(Vec::new()),
             state: Mutex::new(CellState {
                 subnet: Some(Arc::clone(&subnet)),
                 version,
@@ -76,6 +84,43 @@ impl Cell {
 
     fn publish(&self, subnet: Arc<Subnet>) {
         *self.view.write().unwrap_or_else(PoisonError::into_inner) = subnet;
+    }
+}
+
+/// One mutation of a subnet, waiting for its batch.
+struct Job {
+    id: PoolId,
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, Error>>,
+}
+
+/// The mutations a batch applies.
+enum Op {
+    Allocate(AddressRequest),
+    Release(IpAddr),
+    AddPool,
+}
+
+/// What a mutation returns.
+enum Outcome {
+    Address(IpAddr),
+    Done,
+}
+
+impl Op {
+    /// Applies the mutation to `subnet`; returns its outcome and whether anything changed.
+    fn apply(&self, id: &PoolId, subnet: &mut Subnet) -> Result<(Outcome, bool), engine::Error> {
+        match self {
+            Self::Allocate(req) => subnet
+                .allocate(id, req)
+                .map(|a| (Outcome::Address(a), true)),
+            Self::Release(address) => subnet
+                .release(id, *address)
+                .map(|changed| (Outcome::Done, changed)),
+            Self::AddPool => subnet
+                .add_pool(id.sub_pool())
+                .map(|()| (Outcome::Done, true)),
+        }
     }
 }
 
@@ -126,8 +171,10 @@ impl Builtin {
                 .insert(subnet.net(), Arc::new(Cell::new(subnet, version)));
         }
         Ok(Self {
-            store,
-            tenant: tenant.to_owned(),
+            ctx: Arc::new(Ctx {
+                store,
+                tenant: tenant.to_owned(),
+            }),
             spaces,
         })
     }
@@ -150,6 +197,40 @@ impl Builtin {
             .ok_or_else(|| not_found(id))
     }
 
+    /// Queues a mutation of pool `id`'s subnet and waits for the batch that commits it.
+    ///
+    /// Concurrent mutations of one subnet are applied in arrival order to one copy and
+    /// persisted in one transaction (group commit); each caller is answered only after that
+    /// commit. The batch runs in a task of its own, so a caller that goes away cannot cut a
+    /// commit short.
+    async fn submit(&self, id: &PoolId, op: Op) -> Result<Outcome, Error> {
+        let cell = self.cell(id).await?;
+        let (reply, answer) = oneshot::channel();
+        cell.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Job {
+                id: id.clone(),
+                op,
+                reply,
+            });
+        let ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move {
+            let mut state = cell.state.lock().await;
+            let jobs =
+                std::mem::take(&mut *cell.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            // Empty when an earlier batch already took this job.
+            if !jobs.is_empty() {
+                ctx.run_batch(&cell, &mut state, jobs).await;
+            }
+        });
+        answer
+            .await
+            .map_err(|_| Error::Internal("a batch ended without answering".into()))?
+    }
+}
+
+impl Ctx {
     /// Makes the cell current again after an uncertain write: reloads it from the store.
     async fn refresh(&self, space: &str, net: IpNet, state: &mut CellState) -> Result<(), Error> {
         if !state.stale {
@@ -189,22 +270,49 @@ impl Builtin {
         Ok(())
     }
 
-    /// Applies `change` to a copy of the pool's subnet and commits it if it reports a change.
-    async fn mutate<T>(
-        &self,
-        id: &PoolId,
-        change: impl FnOnce(&mut Subnet) -> Result<(T, bool), engine::Error> + Send,
-    ) -> Result<T, Error> {
-        let cell = self.cell(id).await?;
-        let mut state = cell.state.lock().await;
-        self.refresh(id.space(), id.subnet(), &mut state).await?;
-        let current = state.subnet.clone().ok_or_else(|| not_found(id))?;
+    /// Applies `jobs` in order to one copy of the subnet, commits it once, and answers each
+    /// job: its own result, or, if the commit failed, the commit's error.
+    async fn run_batch(&self, cell: &Cell, state: &mut CellState, jobs: Vec<Job>) {
+        let Some(first) = jobs.first() else { return };
+        let (space, net) = (first.id.space().to_owned(), first.id.subnet());
+        let current = match self.refresh(&space, net, state).await {
+            Ok(()) => state.subnet.clone(),
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.replicate()));
+                }
+                return;
+            }
+        };
+        let Some(current) = current else {
+            for job in jobs {
+                let _ = job.reply.send(Err(not_found(&job.id)));
+            }
+            return;
+        };
         let mut next = Subnet::clone(&current);
-        let (out, changed) = change(&mut next)?;
-        if changed {
-            self.commit(id.space(), &cell, &mut state, next).await?;
+        let mut changed = false;
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let result = job.op.apply(&job.id, &mut next).map(|(outcome, c)| {
+                changed |= c;
+                outcome
+            });
+            results.push(result.map_err(Error::Engine));
         }
-        Ok(out)
+        let failed = if changed {
+            self.commit(&space, cell, state, next).await.err()
+        } else {
+            None
+        };
+        for (job, result) in jobs.into_iter().zip(results) {
+            let answer = match (&failed, result) {
+                // Nothing of the batch was stored: every change it acknowledged fails too.
+                (Some(e), Ok(_)) => Err(e.replicate()),
+                (_, result) => result,
+            };
+            let _ = job.reply.send(answer);
+        }
     }
 }
 
@@ -236,14 +344,20 @@ impl Ipam for Builtin {
             PoolPlan::NewSubnet => {
                 let mut subnet = Subnet::new(id.subnet());
                 subnet.add_pool(id.sub_pool())?;
-                match self.store.create_subnet(&self.tenant, space, &subnet).await {
+                match self
+                    .ctx
+                    .store
+                    .create_subnet(&self.ctx.tenant, space, &subnet)
+                    .await
+                {
                     Ok(()) => {}
                     Err(store::Error::Conflict { .. }) => {
                         // Stored but not cached: an earlier create whose reply was lost. Take
                         // the stored one in, and let the caller retry against it.
                         if let Some(r) = self
+                            .ctx
                             .store
-                            .load_subnet(&self.tenant, space, id.subnet())
+                            .load_subnet(&self.ctx.tenant, space, id.subnet())
                             .await?
                         {
                             index.insert(id.subnet(), Arc::new(Cell::new(r.subnet, r.version)));
@@ -259,9 +373,7 @@ impl Ipam for Builtin {
             }
             PoolPlan::JoinSubnet => {
                 drop(index);
-                let sub_pool = id.sub_pool();
-                self.mutate(&id, |s| s.add_pool(sub_pool).map(|()| ((), true)))
-                    .await?;
+                self.submit(&id, Op::AddPool).await?;
             }
         }
         Ok(id)
@@ -275,7 +387,9 @@ impl Ipam for Builtin {
             .cloned()
             .ok_or_else(|| not_found(id))?;
         let mut state = cell.state.lock().await;
-        self.refresh(id.space(), id.subnet(), &mut state).await?;
+        self.ctx
+            .refresh(id.space(), id.subnet(), &mut state)
+            .await?;
         let current = state.subnet.clone().ok_or_else(|| not_found(id))?;
         if !current.has_pool(id.sub_pool()) {
             return Err(not_found(id));
@@ -283,15 +397,16 @@ impl Ipam for Builtin {
         let mut next = Subnet::clone(&current);
         if next.remove_pool(id.sub_pool()) {
             state.stale = true;
-            self.store
-                .delete_subnet(&self.tenant, id.space(), id.subnet(), state.version)
+            self.ctx
+                .store
+                .delete_subnet(&self.ctx.tenant, id.space(), id.subnet(), state.version)
                 .await?;
             state.subnet = None;
             state.stale = false;
             index.remove(&id.subnet());
             Ok(())
         } else {
-            self.commit(id.space(), &cell, &mut state, next).await
+            self.ctx.commit(id.space(), &cell, &mut state, next).await
         }
     }
 
@@ -316,15 +431,14 @@ impl Ipam for Builtin {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        let address = self
-            .mutate(id, |s| s.allocate(id, req).map(|a| (a, true)))
-            .await?;
+        let Outcome::Address(address) = self.submit(id, Op::Allocate(*req)).await? else {
+            return Err(Error::Internal("an allocation answered no address".into()));
+        };
         IpNet::new(address, id.subnet().prefix_len()).map_err(|e| Error::Internal(e.to_string()))
     }
 
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.mutate(id, |s| s.release(id, address).map(|changed| ((), changed)))
-            .await
+        self.submit(id, Op::Release(address)).await.map(|_| ())
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {

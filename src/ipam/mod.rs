@@ -108,6 +108,19 @@ impl Error {
     }
 }
 
+impl Error {
+    /// An equal error for another caller (a batch's one store failure answers every job in
+    /// it): same variant and message, the source chain kept as text.
+    #[must_use]
+    pub fn replicate(&self) -> Self {
+        match self {
+            Self::Engine(e) => Self::Engine(e.clone()),
+            Self::Store(e) => Self::Store(e.replicate()),
+            Self::Internal(s) => Self::Internal(s.clone()),
+        }
+    }
+}
+
 fn not_found(id: &PoolId) -> Error {
     Error::Engine(engine::Error::PoolNotFound {
         pool_id: id.to_string(),

@@ -26,3 +26,43 @@ pub enum Error {
     #[error("store error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
+
+impl Error {
+    /// An equal error for another caller: same variant and message, sources kept as text.
+    #[must_use]
+    pub fn replicate(&self) -> Self {
+        match self {
+            Self::NotFound { space, subnet } => Self::NotFound {
+                space: space.clone(),
+                subnet: subnet.clone(),
+            },
+            Self::Conflict { space, subnet } => Self::Conflict {
+                space: space.clone(),
+                subnet: subnet.clone(),
+            },
+            Self::Unavailable(source) => Self::Unavailable(chain(source.as_ref()).into()),
+            Self::Corrupt {
+                space,
+                subnet,
+                source,
+            } => Self::Corrupt {
+                space: space.clone(),
+                subnet: subnet.clone(),
+                source: source.clone(),
+            },
+            Self::Internal(source) => Self::Internal(chain(source.as_ref()).into()),
+        }
+    }
+}
+
+/// An error and its sources, as one line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

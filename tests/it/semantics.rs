@@ -174,3 +174,49 @@ async fn parallel_allocations_never_hand_out_an_address_twice() {
         app.stop().await;
     }
 }
+
+/// Group commit: concurrent allocations in one subnet share transactions. The subnet's stored
+/// version counts its commits, so 256 acknowledged allocations from 64 clients at once took
+/// fewer than 256 of them, and each was answered only once it was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_mutations_of_one_subnet_share_commits() {
+    use sqlx::Connection;
+    let dir = TempDir::new("group-commit");
+    let store = allot::store::SqliteStore::connect(&dir.db_url())
+        .await
+        .unwrap();
+    let app = spawn_app(std::sync::Arc::new(store)).await;
+    let mut c = app.client.clone();
+    let id = request_pool(&mut c, "10.60.0.0/16", "").await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (mut c, id) = (app.client.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..4 {
+                got.push(request_address(&mut c, &id, "", &[]).await.unwrap());
+            }
+            got
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    assert_eq!(all.len(), 256, "256 distinct addresses");
+    let mut db = sqlx::SqliteConnection::connect(&dir.db_url())
+        .await
+        .unwrap();
+    let version: i64 =
+        sqlx::query_scalar("SELECT version FROM subnets WHERE subnet = '10.60.0.0/16'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let commits = version - 1;
+    assert!(
+        commits < 256,
+        "{commits} commits for 256 allocations: nothing was batched"
+    );
+    assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 258);
+    app.stop().await;
+}
