@@ -118,8 +118,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => {
-            startup::open_store(&args.database_url).await?;
-            println!("database {} is up to date", args.database_url);
+            startup::open_store(&args).await?;
+            println!("database {} is up to date", args.redacted_url());
             Ok(())
         }
         Command::Pool(cmd) => pool(&cli.server, cmd).await,
@@ -134,7 +134,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stderr().is_terminal(),
         std::io::stderr,
     );
-    let store = startup::open_store(&args.database.database_url).await?;
+    let store = startup::open_store(&args.database).await?;
     let ipam = startup::driver(store, args.default_pools()).await?;
     let listener = startup::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -142,7 +142,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("database memory: nothing is persisted; every pool is lost on exit");
     }
     tracing::warn!("authentication is disabled: every caller acts for the default tenant");
-    tracing::info!(%addr, database = %args.database.database_url, "allot listening");
+    tracing::info!(%addr, database = %args.database.redacted_url(), "allot listening");
     startup::serve(
         listener,
         ipam,

@@ -44,9 +44,38 @@ pub struct ServeArgs {
 /// Where the data lives.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// Database URL: `sqlite://PATH` (created if missing), or `memory:` (nothing persisted).
+    /// Database URL: `sqlite://PATH` (created if missing), `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// (several replicas may share one), or `memory:` (nothing persisted).
     #[arg(long, env = "ALLOT_DATABASE_URL", default_value = "sqlite://allot.db")]
     pub database_url: String,
+
+    /// Longest a Postgres operation may take, connecting included: past it the request
+    /// fails with UNAVAILABLE instead of waiting for a server that is down. E.g. `2s`.
+    #[arg(long, env = "ALLOT_DATABASE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub database_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The URL with any password replaced by `***`, for logs and messages.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact(&self.database_url)
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host…` URL by `***`.
+#[must_use]
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// How logs are written (to stderr).
@@ -132,6 +161,20 @@ fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://allot:s3cret@db:5432/allot"),
+            "postgres://allot:***@db:5432/allot"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/postgres"),
+            "postgres://postgres@127.0.0.1/postgres"
+        );
+        assert_eq!(redact("sqlite://allot.db"), "sqlite://allot.db");
+        assert_eq!(redact("memory:"), "memory:");
+    }
 
     #[test]
     fn durations_parse() {

@@ -14,27 +14,36 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::IpamApi;
+use crate::config::DatabaseArgs;
 use crate::engine::DefaultPool;
 use crate::ipam::{Builtin, Ipam};
 use crate::proto::pb;
 use crate::proto::pb::ipam_service_server::IpamServiceServer;
-use crate::store::{DEFAULT_TENANT, MemoryStore, SqliteStore, Store};
+use crate::store::{DEFAULT_TENANT, MemoryStore, PgStore, SqliteStore, Store};
 
 /// Opens the store a database URL names, creating and migrating it if needed.
 ///
 /// # Errors
 /// An unsupported or malformed URL, or a database that cannot be opened or migrated.
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(args: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
+    let url = args.database_url.as_str();
     if url == "memory:" {
         return Ok(Arc::new(MemoryStore::new()));
     }
+    let shown = args.redacted_url();
     if url.starts_with("sqlite:") {
         let store = SqliteStore::connect(url)
             .await
-            .with_context(|| format!("opening {url}"))?;
+            .with_context(|| format!("opening {shown}"))?;
         return Ok(Arc::new(store));
     }
-    bail!("unsupported database URL {url:?}: expected sqlite://PATH or memory:")
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url, args.database_timeout)
+            .await
+            .with_context(|| format!("opening {shown}"))?;
+        return Ok(Arc::new(store));
+    }
+    bail!("unsupported database URL {shown:?}: expected sqlite://PATH, postgres://… or memory:")
 }
 
 /// Loads the built-in driver over `store`.

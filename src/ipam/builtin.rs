@@ -6,40 +6,52 @@
 //! version, then publishes it and replies; a failed write leaves the cache as it was. Readers
 //! (utilization, listings) take the published view and never wait for a commit. Pool creation
 //! and deletion also hold the address space's index lock, since they change which subnets
-//! exist; address requests only read the index.
+//! exist; address requests only read the index. Lock order: index, then cell.
+//!
+//! Several replicas may share one store. A write names the version it replaces; when another
+//! replica got there first, the store refuses it (`Conflict`), and the batch reloads the
+//! subnet and applies its mutations again, a bounded number of times. A store that reports
+//! other writers' changes ([`Store::subscribe`]) keeps the cache fresh between writes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex as SyncMutex, PoisonError, RwLock as SyncRwLock};
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use tokio::sync::{Mutex, RwLock, oneshot};
+use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use super::{Capabilities, Error, Ipam, PoolState, not_found};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,
 };
-use crate::store::{self, Store, SubnetRecord};
+use crate::store::{self, Change, Event, Store, SubnetRecord};
+
+/// How many times a batch (or a pool request) is tried when other replicas keep winning the
+/// race for its subnet, before the caller gets `Aborted`.
+const MAX_ATTEMPTS: usize = 16;
 
 /// The built-in IPAM driver.
 pub struct Builtin {
     ctx: Arc<Ctx>,
-    spaces: BTreeMap<String, SpaceCache>,
+    // The task applying other replicas' changes, if the store reports them.
+    watcher: Option<JoinHandle<()>>,
 }
 
-/// What a commit needs, shared with the tasks that run batches.
+/// The cache and its store, shared with the tasks that run batches and apply others' changes.
 struct Ctx {
     store: Arc<dyn Store>,
     tenant: String,
+    spaces: BTreeMap<String, SpaceCache>,
 }
 
 /// One address space: its default pools and its subnets.
 struct SpaceCache {
     defaults: Vec<DefaultPool>,
-    // Invariant: holds exactly the subnets stored for this space and tenant (as of the last
-    // commit); pairwise disjoint.
+    // Invariant: holds the subnets stored for this space and tenant as of the last commit or
+    // change seen (another replica's changes arrive a moment later); pairwise disjoint.
     index: RwLock<BTreeMap<IpNet, Arc<Cell>>>,
 }
 
@@ -48,9 +60,9 @@ struct Cell {
     // Mutations waiting for the next batch, in arrival order.
     pending: SyncMutex<Vec<Job>>,
     state: Mutex<CellState>,
-    // Invariant: the subnet as last committed (the same value as `state.subnet` whenever the
-    // state lock is free).
-    view: SyncRwLock<Arc<Subnet>>,
+    // Invariant: the subnet and version as last committed or loaded (the same as `state`'s
+    // whenever the state lock is free).
+    view: SyncRwLock<(Arc<Subnet>, u64)>,
 }
 
 struct CellState {
@@ -58,8 +70,9 @@ struct CellState {
     // then gets `PoolNotFound`.
     subnet: Option<Arc<Subnet>>,
     version: u64,
-    // Invariant: true while a store write is in flight or ended in an error, so the stored
-    // version may differ from `version`; the next writer reloads first.
+    // Invariant: true while a store write is in flight or ended in an error, or when another
+    // replica changed the subnet, so the stored version may differ from `version`; the next
+    // writer reloads first.
     stale: bool,
 }
 
@@ -73,17 +86,21 @@ impl Cell {
                 version,
                 stale: false,
             }),
-            view: SyncRwLock::new(subnet),
+            view: SyncRwLock::new((subnet, version)),
         }
     }
 
     fn view(&self) -> Arc<Subnet> {
         // Writers only swap the pointer; a poisoned lock still holds a committed subnet.
-        Arc::clone(&self.view.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.view.read().unwrap_or_else(PoisonError::into_inner).0)
     }
 
-    fn publish(&self, subnet: Arc<Subnet>) {
-        *self.view.write().unwrap_or_else(PoisonError::into_inner) = subnet;
+    fn version(&self) -> u64 {
+        self.view.read().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    fn publish(&self, subnet: Arc<Subnet>, version: u64) {
+        *self.view.write().unwrap_or_else(PoisonError::into_inner) = (subnet, version);
     }
 }
 
@@ -108,15 +125,32 @@ enum Outcome {
 }
 
 impl Op {
-    /// Applies the mutation to `subnet`; returns its outcome and whether anything changed.
-    fn apply(&self, id: &PoolId, subnet: &mut Subnet) -> Result<(Outcome, bool), engine::Error> {
+    /// Applies the mutation to `subnet`; returns its outcome and whether anything changed,
+    /// and adds the blocks whose bits it changed to `blocks`.
+    fn apply(
+        &self,
+        id: &PoolId,
+        subnet: &mut Subnet,
+        blocks: &mut Vec<u128>,
+    ) -> Result<(Outcome, bool), engine::Error> {
+        let mut touched = |subnet: &Subnet, address: IpAddr| {
+            if let Some(ordinal) = subnet.addrs().ordinal(address) {
+                blocks.push(ordinal >> 6);
+            }
+        };
         match self {
-            Self::Allocate(req) => subnet
-                .allocate(id, req)
-                .map(|a| (Outcome::Address(a), true)),
-            Self::Release(address) => subnet
-                .release(id, *address)
-                .map(|changed| (Outcome::Done, changed)),
+            Self::Allocate(req) => {
+                let address = subnet.allocate(id, req)?;
+                touched(subnet, address);
+                Ok((Outcome::Address(address), true))
+            }
+            Self::Release(address) => {
+                let changed = subnet.release(id, *address)?;
+                if changed {
+                    touched(subnet, *address);
+                }
+                Ok((Outcome::Done, changed))
+            }
             Self::AddPool => subnet
                 .add_pool(id.sub_pool())
                 .map(|()| (Outcome::Done, true)),
@@ -134,9 +168,18 @@ impl PoolSet for Arc<Cell> {
     }
 }
 
+/// Tells whether a store error means another writer got there first (reload and retry).
+fn lost_race(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store(store::Error::Conflict { .. } | store::Error::NotFound { .. })
+    )
+}
+
 impl Builtin {
     /// Loads every subnet of `tenant` from `store` into the cache. `defaults` gives the
-    /// default address pools of each address space; `local` and `global` always exist.
+    /// default address pools of each address space; `local` and `global` always exist. When
+    /// the store reports other writers' changes, a task applies them to the cache.
     ///
     /// # Errors
     /// A store error, or `Corrupt` data.
@@ -155,6 +198,8 @@ impl Builtin {
                 .entry(name.to_owned())
                 .or_insert_with(|| SpaceCache::new(Vec::new()));
         }
+        // Subscribed before loading, so nothing committed in between is missed.
+        let events = store.subscribe().await;
         for SubnetRecord {
             space,
             subnet,
@@ -170,17 +215,17 @@ impl Builtin {
                 .get_mut()
                 .insert(subnet.net(), Arc::new(Cell::new(subnet, version)));
         }
-        Ok(Self {
-            ctx: Arc::new(Ctx {
-                store,
-                tenant: tenant.to_owned(),
-            }),
+        let ctx = Arc::new(Ctx {
+            store,
+            tenant: tenant.to_owned(),
             spaces,
-        })
+        });
+        let watcher = events.map(|events| tokio::spawn(Arc::clone(&ctx).watch(events)));
+        Ok(Self { ctx, watcher })
     }
 
     fn space(&self, name: &str) -> Result<&SpaceCache, Error> {
-        self.spaces.get(name).ok_or_else(|| {
+        self.ctx.spaces.get(name).ok_or_else(|| {
             Error::Engine(engine::Error::InvalidAddressSpace {
                 name: engine::error::shown(name),
                 reason: "no such address space",
@@ -189,7 +234,11 @@ impl Builtin {
     }
 
     async fn cell(&self, id: &PoolId) -> Result<Arc<Cell>, Error> {
-        let space = self.spaces.get(id.space()).ok_or_else(|| not_found(id))?;
+        let space = self
+            .ctx
+            .spaces
+            .get(id.space())
+            .ok_or_else(|| not_found(id))?;
         let index = space.index.read().await;
         index
             .get(&id.subnet())
@@ -228,18 +277,76 @@ impl Builtin {
             .await
             .map_err(|_| Error::Internal("a batch ended without answering".into()))?
     }
+
+    /// Creates a new subnet for pool `id` in the store and the index. When the store holds
+    /// an overlapping subnet this replica has not seen yet (another replica's), it takes that
+    /// one into the index and returns `false`: plan again.
+    async fn create(
+        &self,
+        index: &mut BTreeMap<IpNet, Arc<Cell>>,
+        id: &PoolId,
+    ) -> Result<bool, Error> {
+        let ctx = &self.ctx;
+        let mut subnet = Subnet::new(id.subnet());
+        subnet.add_pool(id.sub_pool())?;
+        match ctx
+            .store
+            .create_subnet(&ctx.tenant, id.space(), &subnet)
+            .await
+        {
+            Ok(()) => {
+                index.insert(id.subnet(), Arc::new(Cell::new(subnet, 1)));
+                Ok(true)
+            }
+            Err(store::Error::Conflict {
+                space,
+                subnet: existing,
+            }) => {
+                // Stored but not cached: another replica's subnet, or an earlier create whose
+                // reply was lost.
+                let net: IpNet = existing.parse().map_err(|_| {
+                    Error::Store(store::Error::Conflict {
+                        space: space.clone(),
+                        subnet: existing.clone(),
+                    })
+                })?;
+                if let Some(r) = ctx.store.load_subnet(&ctx.tenant, &space, net).await? {
+                    index.insert(net, Arc::new(Cell::new(r.subnet, r.version)));
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Drop for Builtin {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
 }
 
 impl Ctx {
-    /// Makes the cell current again after an uncertain write: reloads it from the store.
-    async fn refresh(&self, space: &str, net: IpNet, state: &mut CellState) -> Result<(), Error> {
+    /// Makes the cell current again when it may not be (an uncertain write, another
+    /// replica's change): reloads it from the store and publishes what it found.
+    async fn refresh(
+        &self,
+        space: &str,
+        net: IpNet,
+        cell: &Cell,
+        state: &mut CellState,
+    ) -> Result<(), Error> {
         if !state.stale {
             return Ok(());
         }
         match self.store.load_subnet(&self.tenant, space, net).await? {
             Some(record) => {
-                state.subnet = Some(Arc::new(record.subnet));
+                let subnet = Arc::new(record.subnet);
+                state.subnet = Some(Arc::clone(&subnet));
                 state.version = record.version;
+                cell.publish(subnet, record.version);
             }
             None => state.subnet = None,
         }
@@ -247,63 +354,86 @@ impl Ctx {
         Ok(())
     }
 
-    /// Persists `next` as the cell's next version and publishes it.
+    /// Persists `next` (`before` changed in `blocks`) as the cell's next version and
+    /// publishes it.
     async fn commit(
         &self,
         space: &str,
         cell: &Cell,
         state: &mut CellState,
-        next: Subnet,
+        (before, next): (&Subnet, Subnet),
+        blocks: &[u128],
     ) -> Result<(), Error> {
         let version = state.version + 1;
         // Set before the write and cleared after it, so a write that fails or is cancelled
         // half-way forces a reload.
         state.stale = true;
+        let change = Change {
+            before,
+            after: &next,
+            blocks,
+        };
         self.store
-            .update_subnet(&self.tenant, space, &next, version)
+            .update_subnet(&self.tenant, space, &change, version)
             .await?;
         let next = Arc::new(next);
         state.subnet = Some(Arc::clone(&next));
         state.version = version;
         state.stale = false;
-        cell.publish(next);
+        cell.publish(next, version);
         Ok(())
     }
 
     /// Applies `jobs` in order to one copy of the subnet, commits it once, and answers each
-    /// job: its own result, or, if the commit failed, the commit's error.
-    async fn run_batch(&self, cell: &Cell, state: &mut CellState, jobs: Vec<Job>) {
+    /// job: its own result, or, if the commit failed, the commit's error. When another
+    /// replica changed the subnet first, reloads it and starts over.
+    async fn run_batch(self: &Arc<Self>, cell: &Cell, state: &mut CellState, jobs: Vec<Job>) {
         let Some(first) = jobs.first() else { return };
         let (space, net) = (first.id.space().to_owned(), first.id.subnet());
-        let current = match self.refresh(&space, net, state).await {
-            Ok(()) => state.subnet.clone(),
-            Err(e) => {
+        let mut attempt = 0;
+        let (results, failed) = loop {
+            attempt += 1;
+            if let Err(e) = self.refresh(&space, net, cell, state).await {
                 for job in jobs {
                     let _ = job.reply.send(Err(e.replicate()));
                 }
                 return;
             }
-        };
-        let Some(current) = current else {
-            for job in jobs {
-                let _ = job.reply.send(Err(not_found(&job.id)));
+            let Some(current) = state.subnet.clone() else {
+                for job in jobs {
+                    let _ = job.reply.send(Err(not_found(&job.id)));
+                }
+                // Deleted by another replica: drop it from the index too.
+                let ctx = Arc::clone(self);
+                tokio::spawn(async move { ctx.catch_up(&space, net, 0).await });
+                return;
+            };
+            let mut next = Subnet::clone(&current);
+            let mut changed = false;
+            let mut blocks = Vec::new();
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let result = job
+                    .op
+                    .apply(&job.id, &mut next, &mut blocks)
+                    .map(|(outcome, c)| {
+                        changed |= c;
+                        outcome
+                    });
+                results.push(result.map_err(Error::Engine));
             }
-            return;
-        };
-        let mut next = Subnet::clone(&current);
-        let mut changed = false;
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in &jobs {
-            let result = job.op.apply(&job.id, &mut next).map(|(outcome, c)| {
-                changed |= c;
-                outcome
-            });
-            results.push(result.map_err(Error::Engine));
-        }
-        let failed = if changed {
-            self.commit(&space, cell, state, next).await.err()
-        } else {
-            None
+            if !changed {
+                break (results, None);
+            }
+            match self
+                .commit(&space, cell, state, (&current, next), &blocks)
+                .await
+            {
+                Ok(()) => break (results, None),
+                // Another replica changed the subnet: reload (it is marked stale) and redo.
+                Err(e) if lost_race(&e) && attempt < MAX_ATTEMPTS => {}
+                Err(e) => break (results, Some(e)),
+            }
         };
         for (job, result) in jobs.into_iter().zip(results) {
             let answer = match (&failed, result) {
@@ -312,6 +442,109 @@ impl Ctx {
                 (_, result) => result,
             };
             let _ = job.reply.send(answer);
+        }
+    }
+
+    /// Applies other writers' changes to the cache until the store stops reporting them.
+    async fn watch(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Changed {
+                    tenant,
+                    space,
+                    subnet,
+                    version,
+                } if tenant == self.tenant => self.catch_up(&space, subnet, version).await,
+                Event::Changed { .. } => {}
+                Event::Resync => self.resync().await,
+            }
+        }
+    }
+
+    /// Compares every cached version with the stored ones and catches up where they differ,
+    /// retrying until the store answers.
+    async fn resync(&self) {
+        let stored = loop {
+            match self.store.versions(&self.tenant).await {
+                Ok(stored) => break stored,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot compare the cache with the store; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+            }
+        };
+        let mut seen = BTreeSet::new();
+        for (space, net, version) in stored {
+            self.catch_up(&space, net, version).await;
+            seen.insert((space, net));
+        }
+        for (name, cache) in &self.spaces {
+            let cached: Vec<IpNet> = cache.index.read().await.keys().copied().collect();
+            for net in cached {
+                if !seen.contains(&(name.clone(), net)) {
+                    self.catch_up(name, net, 0).await;
+                }
+            }
+        }
+    }
+
+    /// Brings one subnet of the cache up to `version` (0: deleted), as another writer
+    /// stored it. Errors are logged: the next write of the subnet reloads it anyway.
+    async fn catch_up(&self, space: &str, net: IpNet, version: u64) {
+        let Some(cache) = self.spaces.get(space) else {
+            tracing::debug!(
+                space,
+                "ignoring a change in an address space not configured here"
+            );
+            return;
+        };
+        let cell = cache.index.read().await.get(&net).cloned();
+        let result = match cell {
+            Some(cell) if version > 0 && cell.version() >= version => Ok(()),
+            Some(cell) if version > 0 => {
+                let mut state = cell.state.lock().await;
+                if state.version < version {
+                    state.stale = true;
+                }
+                let refreshed = self.refresh(space, net, &cell, &mut state).await;
+                let gone = state.subnet.is_none();
+                drop(state);
+                if gone {
+                    Box::pin(self.catch_up(space, net, 0)).await;
+                }
+                refreshed
+            }
+            Some(_) => {
+                // Deleted elsewhere: drop it unless it came back (index, then cell lock).
+                let mut index = cache.index.write().await;
+                match index.get(&net).cloned() {
+                    Some(cell) => {
+                        let mut state = cell.state.lock().await;
+                        state.stale = true;
+                        let refreshed = self.refresh(space, net, &cell, &mut state).await;
+                        if refreshed.is_ok() && state.subnet.is_none() {
+                            index.remove(&net);
+                        }
+                        refreshed
+                    }
+                    None => Ok(()),
+                }
+            }
+            None if version > 0 => match self.store.load_subnet(&self.tenant, space, net).await {
+                Ok(Some(record)) => {
+                    let mut index = cache.index.write().await;
+                    index
+                        .entry(net)
+                        .or_insert_with(|| Arc::new(Cell::new(record.subnet, record.version)));
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(space, subnet = %net, error = %e, "cannot load another replica's change");
         }
     }
 }
@@ -338,75 +571,79 @@ impl Ipam for Builtin {
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
         let cache = self.space(space)?;
-        let mut index = cache.index.write().await;
-        let (id, plan) = engine::plan_pool(space, &cache.defaults, &index, req)?;
-        match plan {
-            PoolPlan::NewSubnet => {
-                let mut subnet = Subnet::new(id.subnet());
-                subnet.add_pool(id.sub_pool())?;
-                match self
-                    .ctx
-                    .store
-                    .create_subnet(&self.ctx.tenant, space, &subnet)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(store::Error::Conflict { .. }) => {
-                        // Stored but not cached: an earlier create whose reply was lost. Take
-                        // the stored one in, and let the caller retry against it.
-                        if let Some(r) = self
-                            .ctx
-                            .store
-                            .load_subnet(&self.ctx.tenant, space, id.subnet())
-                            .await?
-                        {
-                            index.insert(id.subnet(), Arc::new(Cell::new(r.subnet, r.version)));
-                        }
-                        return Err(Error::Store(store::Error::Conflict {
-                            space: space.to_owned(),
-                            subnet: id.subnet().to_string(),
-                        }));
+        let mut tried = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut index = cache.index.write().await;
+            let (id, plan) = engine::plan_pool(space, &cache.defaults, &index, req)?;
+            tried = id.subnet().to_string();
+            match plan {
+                PoolPlan::NewSubnet => {
+                    if self.create(&mut index, &id).await? {
+                        return Ok(id);
                     }
-                    Err(e) => return Err(e.into()),
                 }
-                index.insert(id.subnet(), Arc::new(Cell::new(subnet, 1)));
-            }
-            PoolPlan::JoinSubnet => {
-                drop(index);
-                self.submit(&id, Op::AddPool).await?;
+                PoolPlan::JoinSubnet => {
+                    drop(index);
+                    match self.submit(&id, Op::AddPool).await {
+                        Ok(_) => return Ok(id),
+                        // The subnet went away under us (another replica released it).
+                        Err(Error::Engine(engine::Error::PoolNotFound { .. })) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
-        Ok(id)
+        Err(Error::Store(store::Error::Conflict {
+            space: space.to_owned(),
+            subnet: tried,
+        }))
     }
 
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
-        let cache = self.spaces.get(id.space()).ok_or_else(|| not_found(id))?;
+        let cache = self
+            .ctx
+            .spaces
+            .get(id.space())
+            .ok_or_else(|| not_found(id))?;
         let mut index = cache.index.write().await;
         let cell = index
             .get(&id.subnet())
             .cloned()
             .ok_or_else(|| not_found(id))?;
         let mut state = cell.state.lock().await;
-        self.ctx
-            .refresh(id.space(), id.subnet(), &mut state)
-            .await?;
-        let current = state.subnet.clone().ok_or_else(|| not_found(id))?;
-        if !current.has_pool(id.sub_pool()) {
-            return Err(not_found(id));
-        }
-        let mut next = Subnet::clone(&current);
-        if next.remove_pool(id.sub_pool()) {
-            state.stale = true;
-            self.ctx
-                .store
-                .delete_subnet(&self.ctx.tenant, id.space(), id.subnet(), state.version)
+        let ctx = &self.ctx;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            ctx.refresh(id.space(), id.subnet(), &cell, &mut state)
                 .await?;
-            state.subnet = None;
-            state.stale = false;
-            index.remove(&id.subnet());
-            Ok(())
-        } else {
-            self.ctx.commit(id.space(), &cell, &mut state, next).await
+            let Some(current) = state.subnet.clone() else {
+                index.remove(&id.subnet());
+                return Err(not_found(id));
+            };
+            if !current.has_pool(id.sub_pool()) {
+                return Err(not_found(id));
+            }
+            let mut next = Subnet::clone(&current);
+            let result = if next.remove_pool(id.sub_pool()) {
+                state.stale = true;
+                let deleted = ctx
+                    .store
+                    .delete_subnet(&ctx.tenant, id.space(), id.subnet(), state.version)
+                    .await;
+                deleted.map_err(Error::from).map(|()| {
+                    state.subnet = None;
+                    state.stale = false;
+                    index.remove(&id.subnet());
+                })
+            } else {
+                ctx.commit(id.space(), &cell, &mut state, (&current, next), &[])
+                    .await
+            };
+            match result {
+                Err(e) if lost_race(&e) && attempt < MAX_ATTEMPTS => {}
+                result => return result,
+            }
         }
     }
 
@@ -416,7 +653,7 @@ impl Ipam for Builtin {
                 self.space(name)?;
                 vec![name]
             }
-            None => self.spaces.keys().map(String::as_str).collect(),
+            None => self.ctx.spaces.keys().map(String::as_str).collect(),
         };
         let mut out = Vec::new();
         for name in names {

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Error, Store, SubnetRecord, decode_subnet, pool_key};
+use super::{Change, Error, Store, SubnetRecord, decode_subnet, pool_key};
 use crate::engine::Subnet;
 
 type Key = (String, String, String);
@@ -93,9 +93,10 @@ impl Store for MemoryStore {
         &self,
         tenant: &str,
         space: &str,
-        subnet: &Subnet,
+        change: &Change<'_>,
         version: u64,
     ) -> Result<(), Error> {
+        let subnet = change.after;
         let mut rows = self.rows();
         let k = key(tenant, space, subnet.net());
         match rows.get_mut(&k) {
@@ -137,5 +138,18 @@ impl Store for MemoryStore {
                 Ok(())
             }
         }
+    }
+
+    async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
+        let mut out = Vec::new();
+        for ((t, space, subnet), (version, _, _)) in self.rows().iter() {
+            if t == tenant {
+                let net = subnet
+                    .parse()
+                    .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?;
+                out.push((space.clone(), net, *version));
+            }
+        }
+        Ok(out)
     }
 }

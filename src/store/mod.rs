@@ -1,19 +1,22 @@
 //! Persistence of subnets, behind one small trait in domain terms: engine values in, engine
 //! values out. Only this module knows SQL; no backend type escapes it.
 //!
-//! Backends: [`MemoryStore`] (tests, `memory:`), [`SqliteStore`] (the embedded default).
+//! Backends: [`MemoryStore`] (tests, `memory:`), [`SqliteStore`] (the embedded default),
+//! [`PgStore`] (production, shared by several replicas).
 
 mod error;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::engine::{AddrSet, Subnet};
+use crate::engine::{AddrSet, RunDelta, Subnet};
 
 pub use error::Error;
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The tenant every row belongs to until tenancy lands.
@@ -26,6 +29,49 @@ pub struct SubnetRecord {
     pub subnet: Subnet,
     /// Starts at 1 and grows by one with every change.
     pub version: u64,
+}
+
+/// A change of one subnet: the state stored at the version before, the state after, and the
+/// blocks (ordinal / 64) whose bits differ, so a store that keeps runs as rows writes only the
+/// runs the change rewrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub before: &'a Subnet,
+    pub after: &'a Subnet,
+    // Invariant: every block whose bits differ between `before` and `after` is listed.
+    pub blocks: &'a [u128],
+}
+
+impl Change<'_> {
+    /// Returns the runs to delete and to write.
+    #[must_use]
+    pub fn delta(&self) -> RunDelta {
+        RunDelta::between(
+            self.before.addrs().bitmap(),
+            self.after.addrs().bitmap(),
+            self.blocks,
+        )
+    }
+
+    /// Tells whether the set of pools changed.
+    #[must_use]
+    pub fn pools_changed(&self) -> bool {
+        !self.before.pools().eq(self.after.pools())
+    }
+}
+
+/// What another writer (another replica) did, as a store that can tell reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A subnet was created or changed (`version` > 0), or deleted (`version` = 0).
+    Changed {
+        tenant: String,
+        space: String,
+        subnet: IpNet,
+        version: u64,
+    },
+    /// Events may have been missed (the connection was lost): compare everything.
+    Resync,
 }
 
 /// Durable storage of subnets. Every write either happens whole or not at all.
@@ -45,13 +91,14 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new subnet at version 1. `Conflict` if it is already stored.
     async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error>;
 
-    /// Replaces a subnet's state by `subnet` at `version`, if the stored version is
-    /// `version - 1`. `Conflict` otherwise, `NotFound` if it is not stored.
+    /// Stores `change.after` as a subnet's state at `version`, if the stored version is
+    /// `version - 1` (whose state is `change.before`). `Conflict` otherwise, `NotFound` if it
+    /// is not stored.
     async fn update_subnet(
         &self,
         tenant: &str,
         space: &str,
-        subnet: &Subnet,
+        change: &Change<'_>,
         version: u64,
     ) -> Result<(), Error>;
 
@@ -63,6 +110,16 @@ pub trait Store: Send + Sync + 'static {
         net: IpNet,
         version: u64,
     ) -> Result<(), Error>;
+
+    /// Lists the stored version of every subnet of a tenant (for a resync after missed
+    /// events).
+    async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error>;
+
+    /// Starts reporting what other writers do, for a store that several processes share.
+    /// `None` for a store only this process writes.
+    async fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
+        None
+    }
 }
 
 /// Encodes a subnet's pools for storage: the sub-pool's CIDR, or "" for the pool without one.

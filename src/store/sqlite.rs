@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{Error, Store, SubnetRecord, decode_subnet, pool_key};
+use super::{Change, Error, Store, SubnetRecord, decode_subnet, pool_key};
 use crate::engine::Subnet;
 
 /// The SQLite schema migrations, run at startup and by `allot migrate`.
@@ -213,9 +213,10 @@ impl Store for SqliteStore {
         &self,
         tenant: &str,
         space: &str,
-        subnet: &Subnet,
+        change: &Change<'_>,
         version: u64,
     ) -> Result<(), Error> {
+        let subnet = change.after;
         let net = subnet.net().to_string();
         let err = |e| map_err(e, space, &net);
         let mut tx = self.pool.begin().await.map_err(err)?;
@@ -250,9 +251,11 @@ impl Store for SqliteStore {
                 Error::NotFound { space, subnet }
             });
         }
-        Self::write_pools(&mut tx, tenant, space, subnet)
-            .await
-            .map_err(err)?;
+        if change.pools_changed() {
+            Self::write_pools(&mut tx, tenant, space, subnet)
+                .await
+                .map_err(err)?;
+        }
         tx.commit().await.map_err(err)
     }
 
@@ -283,5 +286,27 @@ impl Store for SqliteStore {
             });
         }
         Ok(())
+    }
+
+    async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
+        let err = |e| map_err(e, "", "");
+        let rows = sqlx::query("SELECT space, subnet, version FROM subnets WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let subnet: String = row.try_get(1).map_err(err)?;
+            let version: i64 = row.try_get(2).map_err(err)?;
+            out.push((
+                row.try_get(0).map_err(err)?,
+                subnet
+                    .parse()
+                    .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
+                u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+            ));
+        }
+        Ok(out)
     }
 }

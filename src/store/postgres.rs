@@ -1,0 +1,681 @@
+//! PostgreSQL: production storage, shared by several replicas. Subnets and pools are `cidr`
+//! rows, each subnet's allocation bitmap is a set of rows, one per run (so a change writes only
+//! the runs it rewrote), and a version per subnet serializes writers: a write names the
+//! version it replaces and loses (`Conflict`) if another replica got there first. Every change
+//! sends a `NOTIFY` so the other replicas refresh their caches. Runtime queries only;
+//! migrations in `migrations/postgres/`.
+//!
+//! Every operation is bounded by the store's timeout: with Postgres unreachable, a request
+//! fails with `Unavailable` instead of waiting, and the pool reconnects by itself when the
+//! server is back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::mpsc;
+
+use super::{Change, Error, Event, Store, SubnetRecord};
+use crate::engine::addrset::{addr_bits, host_mask};
+use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
+
+/// The Postgres schema migrations, run at startup and by `allot migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The channel every change is announced on; the payload is JSON (see [`Notice`]).
+const CHANNEL: &str = "allot_subnets";
+
+/// How long to wait before reconnecting the listener after losing it.
+const RELISTEN_DELAY: Duration = Duration::from_millis(250);
+
+/// Connections per process: group commit keeps one transaction in flight per subnet.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Subnets in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    // Invariant: every operation (acquiring a connection included) ends within this.
+    timeout: Duration,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`) and migrates the schema. Every later operation
+    /// fails with `Unavailable` when it cannot finish within `timeout`.
+    ///
+    /// # Errors
+    /// `Internal` for a malformed URL or a failed migration, `Unavailable` when the server
+    /// cannot be reached.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.into()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+        let store = Self::from_pool(pool, timeout);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps a pool whose database is already migrated (tests get one per test).
+    #[must_use]
+    pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    /// Creates or upgrades the schema. Replicas starting together are safe: the migrator
+    /// holds an advisory lock.
+    ///
+    /// # Errors
+    /// `Internal` when a migration fails.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(e.into()))
+    }
+
+    /// Runs `op`, failing with `Unavailable` when it takes longer than the store's timeout.
+    async fn timed<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Unavailable(
+                format!("postgres did not answer within {:?}", self.timeout).into(),
+            )),
+        }
+    }
+
+    /// Loads the subnets matching `filter` ("" or a condition on `$2`/`$3`) in one snapshot.
+    async fn load_where(
+        &self,
+        tenant: &str,
+        key: Option<(&str, IpNet)>,
+    ) -> Result<Vec<SubnetRecord>, Error> {
+        let err = |e| map_err(e, "", "");
+        let (space, net) = key.map_or((None, None), |(s, n)| (Some(s), Some(n.to_string())));
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(err)?;
+        // `$2 IS NULL` selects every subnet of the tenant, else the one named.
+        let subnets = sqlx::query(
+            "SELECT space, subnet::text, version, cursor::text FROM subnets \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let pools = sqlx::query(
+            "SELECT space, subnet::text, sub_pool::text FROM pools \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let runs = sqlx::query(
+            "SELECT space, subnet::text, host(first), host(last), bits FROM runs \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
+             ORDER BY space, subnet, first",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        assemble(&subnets, &pools, &runs)
+    }
+
+    /// Tells apart a missing subnet from a stale version, after a write matched no row.
+    async fn missed(&self, tenant: &str, space: &str, subnet: &str) -> Error {
+        let exists = sqlx::query(
+            "SELECT 1 FROM subnets WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(subnet)
+        .fetch_optional(&self.pool)
+        .await;
+        let (space, subnet) = (space.to_owned(), subnet.to_owned());
+        match exists {
+            Ok(Some(_)) => Error::Conflict { space, subnet },
+            Ok(None) => Error::NotFound { space, subnet },
+            Err(e) => map_err(e, &space, &subnet),
+        }
+    }
+}
+
+/// What a `NOTIFY` on [`CHANNEL`] carries.
+fn notice(tenant: &str, space: &str, subnet: IpNet, version: u64) -> String {
+    serde_json::json!({
+        "tenant": tenant,
+        "space": space,
+        "subnet": subnet.to_string(),
+        "version": version,
+    })
+    .to_string()
+}
+
+fn parse_notice(payload: &str) -> Option<Event> {
+    let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some(Event::Changed {
+        tenant: v.get("tenant")?.as_str()?.to_owned(),
+        space: v.get("space")?.as_str()?.to_owned(),
+        subnet: v.get("subnet")?.as_str()?.parse().ok()?,
+        version: v.get("version")?.as_u64()?,
+    })
+}
+
+/// One run as a row: its first address, its last address (clipped to the subnet), its block.
+fn run_row(addrs: &AddrSet, run: &Run) -> (String, String, i64) {
+    let end_block = run.start + (run.n_blocks - 1);
+    let last = ((end_block << 6) | 63).min(addrs.bitmap().last());
+    (
+        addrs.addr(run.start << 6).to_string(),
+        addrs.addr(last).to_string(),
+        i64::from_ne_bytes(run.bits.to_ne_bytes()),
+    )
+}
+
+/// Reads a run back from its row, checking that it lies in the subnet and starts a block.
+fn run_of(net: IpNet, first: &str, last: &str, bits: i64) -> Result<Run, engine::Error> {
+    let corrupt = |reason| engine::Error::Corrupt { reason };
+    let ordinal = |s: &str| -> Result<u128, engine::Error> {
+        let addr: IpAddr = s
+            .parse()
+            .map_err(|_| corrupt("stored run bound is not an address"))?;
+        if !net.contains(&addr) {
+            return Err(corrupt("stored run lies outside its subnet"));
+        }
+        Ok(addr_bits(addr) - addr_bits(net.network()))
+    };
+    let (first, last) = (ordinal(first)?, ordinal(last)?);
+    if first & 63 != 0 || last < first {
+        return Err(corrupt("stored run is not block-aligned"));
+    }
+    Ok(Run {
+        start: first >> 6,
+        n_blocks: (last >> 6) - (first >> 6) + 1,
+        bits: u64::from_ne_bytes(bits.to_ne_bytes()),
+    })
+}
+
+type Key = (String, String);
+
+/// Rebuilds subnets from the rows of one snapshot, checking everything.
+fn assemble(
+    subnets: &[PgRow],
+    pools: &[PgRow],
+    runs: &[PgRow],
+) -> Result<Vec<SubnetRecord>, Error> {
+    let err = |e| map_err(e, "", "");
+    let mut pools_of: HashMap<Key, Vec<Option<String>>> = HashMap::new();
+    for row in pools {
+        let key: Key = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+        pools_of
+            .entry(key)
+            .or_default()
+            .push(row.try_get(2).map_err(err)?);
+    }
+    let mut runs_of: HashMap<Key, Vec<(String, String, i64)>> = HashMap::new();
+    for row in runs {
+        let key: Key = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+        runs_of.entry(key).or_default().push((
+            row.try_get(2).map_err(err)?,
+            row.try_get(3).map_err(err)?,
+            row.try_get(4).map_err(err)?,
+        ));
+    }
+    let mut out = Vec::with_capacity(subnets.len());
+    for row in subnets {
+        let space: String = row.try_get(0).map_err(err)?;
+        let subnet: String = row.try_get(1).map_err(err)?;
+        let version: i64 = row.try_get(2).map_err(err)?;
+        let cursor: String = row.try_get(3).map_err(err)?;
+        let key = (space, subnet);
+        let corrupt = |source| Error::Corrupt {
+            space: key.0.clone(),
+            subnet: key.1.clone(),
+            source,
+        };
+        let net: IpNet = key.1.parse().map_err(|_| {
+            corrupt(engine::Error::Corrupt {
+                reason: "stored subnet is not a prefix",
+            })
+        })?;
+        let cursor: u128 = cursor.parse().map_err(|_| {
+            corrupt(engine::Error::Corrupt {
+                reason: "stored cursor is not an ordinal",
+            })
+        })?;
+        let mut runs = Vec::new();
+        for (first, last, bits) in runs_of.remove(&key).unwrap_or_default() {
+            runs.push(run_of(net, &first, &last, bits).map_err(corrupt)?);
+        }
+        let bitmap = Bitmap::from_runs(host_mask(net), runs).map_err(corrupt)?;
+        let addrs = AddrSet::from_parts(net, bitmap, cursor).map_err(corrupt)?;
+        let mut sub_pools = Vec::new();
+        for p in pools_of.remove(&key).unwrap_or_default() {
+            sub_pools.push(match p {
+                None => None,
+                Some(p) => Some(p.parse().map_err(|_| {
+                    corrupt(engine::Error::Corrupt {
+                        reason: "stored sub-pool is not a prefix",
+                    })
+                })?),
+            });
+        }
+        let subnet = Subnet::from_parts(addrs, sub_pools).map_err(corrupt)?;
+        out.push(SubnetRecord {
+            version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+            space: key.0,
+            subnet,
+        });
+    }
+    Ok(out)
+}
+
+fn to_i64(version: u64) -> Result<i64, Error> {
+    i64::try_from(version).map_err(|e| Error::Internal(e.into()))
+}
+
+/// Maps a driver error into the store's terms, by SQLSTATE: an unreachable, restarting or
+/// overloaded server is `Unavailable`, a duplicate key or a serialization failure a
+/// `Conflict`, anything else `Internal`.
+fn map_err(e: sqlx::Error, space: &str, subnet: &str) -> Error {
+    let conflict = || Error::Conflict {
+        space: space.to_owned(),
+        subnet: subnet.to_owned(),
+    };
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => conflict(),
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            // serialization_failure, deadlock_detected
+            Some("40001" | "40P01") => conflict(),
+            // connection_exception (08…), insufficient_resources (53…), operator
+            // intervention: admin/crash shutdown, cannot connect now (57P0…)
+            Some(code)
+                if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P0") =>
+            {
+                Error::Unavailable(db.into())
+            }
+            _ => Error::Internal(db.into()),
+        },
+        e @ (sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed) => Error::Unavailable(e.into()),
+        e => Error::Internal(e.into()),
+    }
+}
+
+/// The rows a change writes: run starts to delete, then the runs to insert or update.
+struct RunRows {
+    removed: Vec<String>,
+    firsts: Vec<String>,
+    lasts: Vec<String>,
+    bits: Vec<i64>,
+}
+
+impl RunRows {
+    fn of(addrs: &AddrSet, removed: &[u128], upserted: &[Run]) -> Self {
+        let mut rows = Self {
+            removed: removed
+                .iter()
+                .map(|&start| addrs.addr(start << 6).to_string())
+                .collect(),
+            firsts: Vec::with_capacity(upserted.len()),
+            lasts: Vec::with_capacity(upserted.len()),
+            bits: Vec::with_capacity(upserted.len()),
+        };
+        for run in upserted {
+            let (first, last, bits) = run_row(addrs, run);
+            rows.firsts.push(first);
+            rows.lasts.push(last);
+            rows.bits.push(bits);
+        }
+        rows
+    }
+}
+
+/// Writes the pools of a subnet, replacing those stored.
+async fn write_pools(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    space: &str,
+    subnet: &Subnet,
+) -> Result<(), sqlx::Error> {
+    let net = subnet.net().to_string();
+    sqlx::query("DELETE FROM pools WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr")
+        .bind(tenant)
+        .bind(space)
+        .bind(&net)
+        .execute(&mut **tx)
+        .await?;
+    let pools: Vec<Option<String>> = subnet.pools().map(|p| p.map(|p| p.to_string())).collect();
+    sqlx::query(
+        "INSERT INTO pools (tenant, space, subnet, sub_pool) \
+         SELECT $1, $2, $3::cidr, p::cidr FROM unnest($4::text[]) AS u(p)",
+    )
+    .bind(tenant)
+    .bind(space)
+    .bind(&net)
+    .bind(pools)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Bumps the version (if it is still the one replaced), applies the run delta and announces
+/// the change, in one statement: one round trip. Returns whether the version matched.
+async fn write_change<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    tenant: &str,
+    space: &str,
+    change: &Change<'_>,
+    version: u64,
+) -> Result<bool, Error> {
+    let after = change.after;
+    let net = after.net();
+    let delta = change.delta();
+    let rows = RunRows::of(after.addrs(), &delta.removed, &delta.upserted);
+    let updated = sqlx::query(
+        "WITH up AS ( \
+             UPDATE subnets SET version = $4, cursor = $5::numeric \
+             WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr AND version = $4 - 1 \
+             RETURNING 1 \
+         ), del AS ( \
+             DELETE FROM runs WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr \
+             AND first = ANY($6::inet[]) AND EXISTS (SELECT 1 FROM up) \
+         ), ins AS ( \
+             INSERT INTO runs (tenant, space, subnet, first, last, bits) \
+             SELECT $1, $2, $3::cidr, f::inet, l::inet, b \
+             FROM unnest($7::text[], $8::text[], $9::int8[]) AS u(f, l, b) \
+             WHERE EXISTS (SELECT 1 FROM up) \
+             ON CONFLICT (tenant, space, subnet, first) \
+             DO UPDATE SET last = excluded.last, bits = excluded.bits \
+         ) \
+         SELECT pg_notify($10, $11) FROM up",
+    )
+    .bind(tenant)
+    .bind(space)
+    .bind(net.to_string())
+    .bind(to_i64(version)?)
+    .bind(after.addrs().cursor().to_string())
+    .bind(rows.removed)
+    .bind(rows.firsts)
+    .bind(rows.lasts)
+    .bind(rows.bits)
+    .bind(CHANNEL)
+    .bind(notice(tenant, space, net, version))
+    .fetch_all(executor)
+    .await
+    .map_err(|e| map_err(e, space, &net.to_string()))?;
+    Ok(!updated.is_empty())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
+        self.timed(self.load_where(tenant, None)).await
+    }
+
+    async fn load_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<SubnetRecord>, Error> {
+        let mut records = self
+            .timed(self.load_where(tenant, Some((space, net))))
+            .await?;
+        Ok(records.pop())
+    }
+
+    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+        let net = subnet.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        self.timed(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            // Creations in one address space take turns, so two replicas cannot both create
+            // overlapping subnets.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+                .bind(tenant)
+                .bind(space)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let overlap: Option<String> = sqlx::query_scalar(
+                "SELECT subnet::text FROM subnets \
+                 WHERE tenant = $1 AND space = $2 AND subnet && $3::cidr LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+            if let Some(existing) = overlap {
+                return Err(Error::Conflict {
+                    space: space.to_owned(),
+                    subnet: existing,
+                });
+            }
+            sqlx::query(
+                "INSERT INTO subnets (tenant, space, subnet, version, cursor) \
+                 VALUES ($1, $2, $3::cidr, 1, $4::numeric)",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .bind(subnet.addrs().cursor().to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            write_pools(&mut tx, tenant, space, subnet)
+                .await
+                .map_err(err)?;
+            let runs: Vec<Run> = subnet.addrs().bitmap().runs().collect();
+            let rows = RunRows::of(subnet.addrs(), &[], &runs);
+            sqlx::query(
+                "INSERT INTO runs (tenant, space, subnet, first, last, bits) \
+                 SELECT $1, $2, $3::cidr, f::inet, l::inet, b \
+                 FROM unnest($4::text[], $5::text[], $6::int8[]) AS u(f, l, b)",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .bind(rows.firsts)
+            .bind(rows.lasts)
+            .bind(rows.bits)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(notice(tenant, space, subnet.net(), 1))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)
+        })
+        .await
+    }
+
+    async fn update_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        change: &Change<'_>,
+        version: u64,
+    ) -> Result<(), Error> {
+        let net = change.after.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        self.timed(async {
+            let updated = if change.pools_changed() {
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                let updated = write_change(&mut *tx, tenant, space, change, version).await?;
+                if updated {
+                    write_pools(&mut tx, tenant, space, change.after)
+                        .await
+                        .map_err(err)?;
+                    tx.commit().await.map_err(err)?;
+                }
+                updated
+            } else {
+                // The common case (addresses only): one statement, one round trip.
+                write_change(&self.pool, tenant, space, change, version).await?
+            };
+            if updated {
+                Ok(())
+            } else {
+                Err(self.missed(tenant, space, &net).await)
+            }
+        })
+        .await
+    }
+
+    async fn delete_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let subnet = net.to_string();
+        self.timed(async {
+            // Pools and runs go with the subnet (ON DELETE CASCADE).
+            let deleted = sqlx::query(
+                "WITH d AS ( \
+                     DELETE FROM subnets \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr AND version = $4 \
+                     RETURNING 1 \
+                 ) \
+                 SELECT pg_notify($5, $6) FROM d",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&subnet)
+            .bind(to_i64(version)?)
+            .bind(CHANNEL)
+            .bind(notice(tenant, space, net, 0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, space, &subnet))?;
+            if deleted.is_empty() {
+                return Err(self.missed(tenant, space, &subnet).await);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
+        let err = |e| map_err(e, "", "");
+        self.timed(async {
+            let rows =
+                sqlx::query("SELECT space, subnet::text, version FROM subnets WHERE tenant = $1")
+                    .bind(tenant)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(err)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let subnet: String = row.try_get(1).map_err(err)?;
+                let version: i64 = row.try_get(2).map_err(err)?;
+                out.push((
+                    row.try_get(0).map_err(err)?,
+                    subnet
+                        .parse()
+                        .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
+                    u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let options = PgConnectOptions::clone(&self.pool.connect_options());
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.timeout)
+            .connect_lazy_with(options);
+        tokio::spawn(listen(pool, tx));
+        Some(rx)
+    }
+}
+
+/// Forwards every change announced on [`CHANNEL`] to `tx` until its receiver goes away. After
+/// each (re)connection it sends `Resync` first: anything announced while it was not listening
+/// is lost.
+async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Event>) {
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            () = tx.closed() => return,
+            listener = listener => match listener {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for changes of other replicas; retrying");
+                    tokio::time::sleep(RELISTEN_DELAY).await;
+                    continue;
+                }
+            },
+        };
+        if tx.send(Event::Resync).is_err() {
+            return;
+        }
+        loop {
+            let next = tokio::select! {
+                () = tx.closed() => return,
+                next = listener.try_recv() => next,
+            };
+            match next {
+                Ok(Some(n)) => match parse_notice(n.payload()) {
+                    Some(event) => {
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    None => tracing::warn!(payload = n.payload(), "ignoring a malformed notice"),
+                },
+                Ok(None) => {
+                    tracing::warn!(
+                        "lost the connection listening for other replicas; reconnecting"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for other replicas failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RELISTEN_DELAY).await;
+    }
+}
