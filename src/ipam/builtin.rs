@@ -168,6 +168,11 @@ impl PoolSet for Arc<Cell> {
     }
 }
 
+/// Keeps `e` if it says the store is unreachable.
+fn unavailable(e: Error) -> Option<Error> {
+    matches!(e, Error::Store(store::Error::Unavailable(_))).then_some(e)
+}
+
 /// Tells whether a store error means another writer got there first (reload and retry).
 fn lost_race(e: &Error) -> bool {
     matches!(
@@ -269,8 +274,18 @@ impl Builtin {
             let jobs =
                 std::mem::take(&mut *cell.pending.lock().unwrap_or_else(PoisonError::into_inner));
             // Empty when an earlier batch already took this job.
-            if !jobs.is_empty() {
-                ctx.run_batch(&cell, &mut state, jobs).await;
+            if jobs.is_empty() {
+                return;
+            }
+            if let Some(down) = ctx.run_batch(&cell, &mut state, jobs).await {
+                // The store is unreachable: the jobs that queued up meanwhile get the same
+                // answer now, rather than waiting out another timeout in a batch of their own.
+                let queued = std::mem::take(
+                    &mut *cell.pending.lock().unwrap_or_else(PoisonError::into_inner),
+                );
+                for job in queued {
+                    let _ = job.reply.send(Err(down.replicate()));
+                }
             }
         });
         answer
@@ -386,9 +401,15 @@ impl Ctx {
 
     /// Applies `jobs` in order to one copy of the subnet, commits it once, and answers each
     /// job: its own result, or, if the commit failed, the commit's error. When another
-    /// replica changed the subnet first, reloads it and starts over.
-    async fn run_batch(self: &Arc<Self>, cell: &Cell, state: &mut CellState, jobs: Vec<Job>) {
-        let Some(first) = jobs.first() else { return };
+    /// replica changed the subnet first, reloads it and starts over. Returns the error when
+    /// the store was unavailable.
+    async fn run_batch(
+        self: &Arc<Self>,
+        cell: &Cell,
+        state: &mut CellState,
+        jobs: Vec<Job>,
+    ) -> Option<Error> {
+        let first = jobs.first()?;
         let (space, net) = (first.id.space().to_owned(), first.id.subnet());
         let mut attempt = 0;
         let (results, failed) = loop {
@@ -397,7 +418,7 @@ impl Ctx {
                 for job in jobs {
                     let _ = job.reply.send(Err(e.replicate()));
                 }
-                return;
+                return unavailable(e);
             }
             let Some(current) = state.subnet.clone() else {
                 for job in jobs {
@@ -406,7 +427,7 @@ impl Ctx {
                 // Deleted by another replica: drop it from the index too.
                 let ctx = Arc::clone(self);
                 tokio::spawn(async move { ctx.catch_up(&space, net, 0).await });
-                return;
+                return None;
             };
             let mut next = Subnet::clone(&current);
             let mut changed = false;
@@ -443,6 +464,7 @@ impl Ctx {
             };
             let _ = job.reply.send(answer);
         }
+        failed.and_then(unavailable)
     }
 
     /// Applies other writers' changes to the cache until the store stops reporting them.

@@ -13,8 +13,9 @@ use allot::config::ServeArgs;
 use allot::proto::pb;
 use allot::proto::pb::ipam_service_client::IpamServiceClient;
 use allot::startup;
-use allot::store::{MemoryStore, SqliteStore, Store};
+use allot::store::{MemoryStore, PgStore, SqliteStore, Store};
 use clap::Parser;
+use sqlx::Connection;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -106,14 +107,231 @@ impl Drop for TempDir {
     }
 }
 
-/// Every store backend, each fresh: (name, store, the directory that must outlive it).
-pub async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Option<TempDir>)> {
+/// What must outlive a store (its directory, its database).
+pub type Keep = Box<dyn std::any::Any + Send>;
+
+/// Every store backend, each fresh: (name, store, what must outlive it).
+pub async fn backends() -> Vec<(&'static str, Arc<dyn Store>, Keep)> {
     let dir = TempDir::new("backend");
     let sqlite = SqliteStore::connect(&dir.db_url()).await.expect("sqlite");
+    let db = PgDb::fresh("backend").await;
+    let pg = PgStore::connect(&db.url, Duration::from_secs(30))
+        .await
+        .expect("postgres");
     vec![
-        ("memory", Arc::new(MemoryStore::new()), None),
-        ("sqlite", Arc::new(sqlite), Some(dir)),
+        ("memory", Arc::new(MemoryStore::new()), Box::new(())),
+        ("sqlite", Arc::new(sqlite), Box::new(dir)),
+        ("postgres", Arc::new(pg), Box::new(db)),
     ]
+}
+
+/// The Postgres server the tests use: `DATABASE_URL`, which scripts/test.sh always sets (it
+/// finds, starts or installs PostgreSQL). A missing server fails the test, never skips it.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").expect(
+        "DATABASE_URL is not set: run the tests with scripts/test.sh, which finds, starts or \
+         installs PostgreSQL",
+    )
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A fresh, empty database on the test server, dropped when the value is.
+pub struct PgDb {
+    pub url: String,
+    name: String,
+}
+
+impl PgDb {
+    pub async fn fresh(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "allot_it_{tag}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to DATABASE_URL {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create database");
+        Self {
+            url: with_database(&admin, &name),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside a runtime: do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own (initdb in a temporary directory, on a free port),
+/// which the test may stop and start without disturbing the others.
+pub struct PrivatePg {
+    pub url: String,
+    dir: TempDir,
+    port: u16,
+}
+
+impl PrivatePg {
+    /// A PostgreSQL server program: on PATH, else in Debian's versioned directory.
+    fn program(name: &str) -> PathBuf {
+        let on_path = Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+        if let Some(p) = on_path {
+            return p;
+        }
+        let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("bin").join(name))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        found
+            .pop()
+            .unwrap_or_else(|| panic!("{name} not found: install postgresql"))
+    }
+
+    /// Runs a server program, as the `postgres` user when we are root (initdb refuses root).
+    fn run(name: &str, args: &[&str]) {
+        let program = Self::program(name);
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let mut cmd = if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&program);
+            c
+        } else {
+            Command::new(&program)
+        };
+        let out = cmd.args(args).output().expect("run a postgres program");
+        assert!(
+            out.status.success(),
+            "{name} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn data(&self) -> String {
+        self.dir.0.join("data").display().to_string()
+    }
+
+    pub fn start_new() -> Self {
+        let dir = TempDir::new("pg");
+        let _ = Command::new("chown")
+            .args(["postgres:", &dir.0.display().to_string()])
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            dir,
+            port,
+        };
+        Self::run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        pg.start();
+        pg
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.0.display()
+        );
+        let log = self.dir.0.join("log").display().to_string();
+        Self::run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server (fast: open connections are cut).
+    pub fn stop(&self) {
+        Self::run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let program = Self::program("pg_ctl");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&program)
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = Command::new(&program)
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+    }
 }
 
 pub async fn request_pool(
@@ -182,10 +400,16 @@ pub struct Server {
 impl Server {
     /// Starts `allot serve` on `db_url`; waits until it listens.
     pub fn start(db_url: &str, dir: &Path) -> Self {
+        Self::start_with(db_url, dir, &[])
+    }
+
+    /// Starts `allot serve` on `db_url` with more flags; waits until it listens.
+    pub fn start_with(db_url: &str, dir: &Path, flags: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_allot"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--shutdown-grace", "3s"])
             .args(["--database-url", db_url])
+            .args(flags)
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -10,4 +10,6 @@ mod durability;
 mod errors;
 mod grpcurl;
 mod helpers;
+mod outage;
+mod replicas;
 mod semantics;
