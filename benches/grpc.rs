@@ -18,19 +18,18 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use allot::engine::{DefaultPool, LOCAL_SPACE};
+use allot::engine::LOCAL_SPACE;
 use allot::proto::pb;
-use allot::proto::pb::ipam_service_client::IpamServiceClient;
 use allot::proto::pb::ipam_service_server::{IpamService, IpamServiceServer};
-use allot::startup;
-use allot::store::{MemoryStore, SqliteStore, Store};
+use allot::store::{MemoryStore, SqliteStore};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-type Client = IpamServiceClient<Channel>;
+mod loadgen;
+
+use loadgen::{Client, Stats, clients as connect, load as load_on, row, start_allot};
 
 const CONNECTIONS: usize = 4;
 const TASKS_PER_CONNECTION: usize = 16;
@@ -90,6 +89,18 @@ impl IpamService for Bare {
     }
 }
 
+async fn clients(addr: SocketAddr) -> Vec<Client> {
+    connect(addr, CONNECTIONS).await
+}
+
+async fn load<F, Fut>(clients: &[Client], warmup: Duration, run: Duration, op: F) -> Stats
+where
+    F: Fn(Client, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    load_on(clients, TASKS_PER_CONNECTION, (warmup, run), op).await
+}
+
 async fn start_bare() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -101,75 +112,6 @@ async fn start_bare() -> SocketAddr {
             ),
     );
     addr
-}
-
-async fn start_allot(store: Arc<dyn Store>) -> SocketAddr {
-    let defaults = [(LOCAL_SPACE.to_owned(), DefaultPool::local_defaults())].into();
-    let ipam = startup::driver(store, defaults).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(startup::serve(
-        listener,
-        ipam,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    addr
-}
-
-async fn clients(addr: SocketAddr) -> Vec<Client> {
-    let mut out = Vec::new();
-    for _ in 0..CONNECTIONS {
-        out.push(Client::connect(format!("http://{addr}")).await.unwrap());
-    }
-    out
-}
-
-struct Stats {
-    per_s: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Runs `op` from 64 tasks for `warmup` (unrecorded) then `run`.
-async fn load<F, Fut>(clients: &[Client], warmup: Duration, run: Duration, op: F) -> Stats
-where
-    F: Fn(Client, usize) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let start = Instant::now() + warmup;
-    let end = start + run;
-    let mut tasks = Vec::new();
-    for (i, c) in clients.iter().enumerate() {
-        for j in 0..TASKS_PER_CONNECTION {
-            let (c, op) = (c.clone(), op.clone());
-            let task = i * TASKS_PER_CONNECTION + j;
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        return latencies;
-                    }
-                    op(c.clone(), task).await;
-                    if t0 >= start {
-                        latencies.push(t0.elapsed());
-                    }
-                }
-            }));
-        }
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_unstable();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    Stats {
-        per_s: all.len() as f64 / run.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
 }
 
 async fn make_pools(c: &mut Client, n: usize) -> Vec<String> {
@@ -233,15 +175,6 @@ fn pair_op(
             .unwrap();
         })
     }
-}
-
-fn row(what: &str, s: &Stats, unit: &str) {
-    println!(
-        "| {what} | {:.0} {unit}/s | {:.0} µs | {:.0} µs |",
-        s.per_s,
-        s.p50.as_secs_f64() * 1e6,
-        s.p99.as_secs_f64() * 1e6
-    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

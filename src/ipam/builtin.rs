@@ -426,7 +426,7 @@ impl Ctx {
                 }
                 // Deleted by another replica: drop it from the index too.
                 let ctx = Arc::clone(self);
-                tokio::spawn(async move { ctx.catch_up(&space, net, 0).await });
+                tokio::spawn(async move { ctx.catch_up(&space, net, 0, false).await });
                 return None;
             };
             let mut next = Subnet::clone(&current);
@@ -476,7 +476,7 @@ impl Ctx {
                     space,
                     subnet,
                     version,
-                } if tenant == self.tenant => self.catch_up(&space, subnet, version).await,
+                } if tenant == self.tenant => self.catch_up(&space, subnet, version, false).await,
                 Event::Changed { .. } => {}
                 Event::Resync => self.resync().await,
             }
@@ -497,22 +497,31 @@ impl Ctx {
         };
         let mut seen = BTreeSet::new();
         for (space, net, version) in stored {
-            self.catch_up(&space, net, version).await;
+            // Exactly: a subnet deleted and created again starts over at version 1.
+            self.catch_up(&space, net, version, true).await;
             seen.insert((space, net));
         }
         for (name, cache) in &self.spaces {
             let cached: Vec<IpNet> = cache.index.read().await.keys().copied().collect();
             for net in cached {
                 if !seen.contains(&(name.clone(), net)) {
-                    self.catch_up(name, net, 0).await;
+                    self.catch_up(name, net, 0, false).await;
                 }
             }
         }
     }
 
     /// Brings one subnet of the cache up to `version` (0: deleted), as another writer
-    /// stored it. Errors are logged: the next write of the subnet reloads it anyway.
-    async fn catch_up(&self, space: &str, net: IpNet, version: u64) {
+    /// stored it; a cached version past it is kept unless `exact`. Errors are logged: the
+    /// next write of the subnet reloads it anyway.
+    async fn catch_up(&self, space: &str, net: IpNet, version: u64, exact: bool) {
+        let current = |cached: u64| {
+            if exact {
+                cached == version
+            } else {
+                cached >= version
+            }
+        };
         let Some(cache) = self.spaces.get(space) else {
             tracing::debug!(
                 space,
@@ -522,17 +531,17 @@ impl Ctx {
         };
         let cell = cache.index.read().await.get(&net).cloned();
         let result = match cell {
-            Some(cell) if version > 0 && cell.version() >= version => Ok(()),
+            Some(cell) if version > 0 && current(cell.version()) => Ok(()),
             Some(cell) if version > 0 => {
                 let mut state = cell.state.lock().await;
-                if state.version < version {
+                if !current(state.version) {
                     state.stale = true;
                 }
                 let refreshed = self.refresh(space, net, &cell, &mut state).await;
                 let gone = state.subnet.is_none();
                 drop(state);
                 if gone {
-                    Box::pin(self.catch_up(space, net, 0)).await;
+                    Box::pin(self.catch_up(space, net, 0, false)).await;
                 }
                 refreshed
             }

@@ -288,3 +288,93 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_allocation() {
         );
     }
 }
+
+/// The pools listed by a server, once they equal `want` (servers learn of each other's pools
+/// through notifications, a moment after the commit).
+async fn wait_until_listed(c: &mut Client, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed: Vec<String> = c
+            .list_pools(pb::ListPoolsRequest {
+                address_space: String::new(),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .pools
+            .into_iter()
+            .map(|p| p.pool_id)
+            .collect();
+        if listed == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listed {listed:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Pools created, changed and released on one replica show up, change and disappear on the
+/// other; a subnet released and created again is seen afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_see_each_others_pools_come_and_go() {
+    let db = PgDb::fresh("pools").await;
+    let pg = || async {
+        Arc::new(
+            PgStore::connect(&db.url, Duration::from_secs(30))
+                .await
+                .expect("postgres"),
+        )
+    };
+    let a = spawn_app(pg().await).await;
+    let b = spawn_app(pg().await).await;
+    let (mut ca, mut cb) = (a.client.clone(), b.client.clone());
+    let id = request_pool(&mut ca, "10.81.0.0/24", "").await.unwrap();
+    wait_until_listed(&mut cb, &[&id]).await;
+    assert_eq!(
+        request_address(&mut cb, &id, "", &[]).await.unwrap(),
+        "10.81.0.1/24"
+    );
+    // a's copy is one version behind: its release reloads and still succeeds.
+    ca.release_pool(pb::ReleasePoolRequest {
+        pool_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    wait_until_listed(&mut cb, &[]).await;
+    assert_eq!(
+        request_address(&mut cb, &id, "", &[])
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let again = request_pool(&mut cb, "10.81.0.0/24", "").await.unwrap();
+    assert_eq!(again, id);
+    wait_until_listed(&mut ca, &[&id]).await;
+    assert_eq!(
+        state(&mut ca, &id).await.allocated_ips_in_subnet,
+        2,
+        "a fresh subnet: network and broadcast only"
+    );
+    // An overlapping subnet requested on the other replica is refused.
+    assert_eq!(
+        request_pool(&mut ca, "10.81.0.0/16", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    // Dynamic subnets from the default pools, asked of both at once: never the same one.
+    let (x, y) = tokio::join!(request_pool(&mut ca, "", ""), request_pool(&mut cb, "", ""));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_ne!(x, y);
+    assert!(
+        x.starts_with("local/172.") && y.starts_with("local/172."),
+        "{x} {y}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,0 +1,296 @@
+//! Durable allocation on PostgreSQL, beside pgbench on the same server in the same run (see
+//! BENCHMARKS.md). Run: `cargo bench --bench postgres` (uses `DATABASE_URL`, else
+//! postgres://postgres@127.0.0.1:5432/postgres; needs `pgbench`).
+//!
+//! - pgbench, 64 clients: one UPDATE of a single hot row per transaction (the ceiling of one
+//!   transaction per allocation on one pool), and one UPDATE of a random row among 100,000
+//!   (the server's durable-commit ceiling);
+//! - allot: durable RequestAddress/s through gRPC on one pool and across 16 pools, with 1, 16
+//!   and 64 requests in flight, p50/p99, and how many transactions the allocations took;
+//! - cold start: loading 10,000 subnets into a fresh driver;
+//! - replica freshness: how long a change committed by one driver takes to show in another's
+//!   utilization (LISTEN/NOTIFY).
+//!
+//! Under `cargo test` (no `--bench`) everything runs briefly, as a smoke test.
+
+// Set-up panics on failure (a bug to see at once); counts become f64 for display only.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation
+)]
+
+mod loadgen;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot::engine::{AddressRequest, LOCAL_SPACE, PoolId, PoolRequest, Subnet};
+use allot::proto::pb;
+use allot::store::{PgStore, Store};
+use loadgen::{Client, clients, driver, load, row, serve};
+use sqlx::{Connection, PgConnection};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let host_end = base
+        .find("://")
+        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(base.len());
+    let q = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{}/{name}{q}", &base[..host_end])
+}
+
+async fn exec(url: &str, sql: &str) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
+
+/// Runs one pgbench script with 64 clients; returns its transactions/s.
+fn pgbench(url: &str, script: &str, secs: u64) -> f64 {
+    let path = std::env::temp_dir().join(format!("allot-pgbench-{}.sql", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let out = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "64", "-j", "2", "-T", &secs.to_string(), "-f"])
+        .arg(&path)
+        .arg(url)
+        .output()
+        .expect("pgbench on PATH (Debian: postgresql-client)");
+    std::fs::remove_file(&path).ok();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pgbench: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("pgbench printed tps")
+}
+
+/// The number of commits so far: every commit bumps one subnet's version by one.
+async fn commits(url: &str) -> i64 {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query_scalar("SELECT coalesce(sum(version), 0)::int8 FROM subnets")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn make_pools(c: &mut Client, tag: usize, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = c
+            .request_pool(pb::RequestPoolRequest {
+                address_space: LOCAL_SPACE.into(),
+                pool: format!("fd00:{tag:x}:{i:x}::/64"),
+                sub_pool: String::new(),
+                options: HashMap::new(),
+                v6: true,
+            })
+            .await
+            .unwrap();
+        ids.push(r.into_inner().pool_id);
+    }
+    ids
+}
+
+fn allocate_op(
+    ids: Vec<String>,
+) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone
+{
+    let ids = Arc::new(ids);
+    move |mut c: Client, task| {
+        let id = ids[task % ids.len()].clone();
+        Box::pin(async move {
+            c.request_address(pb::RequestAddressRequest {
+                pool_id: id,
+                address: String::new(),
+                options: HashMap::new(),
+            })
+            .await
+            .unwrap();
+        })
+    }
+}
+
+/// Creates `n` /24 subnets, each with a few allocations, straight through the store.
+async fn fill(store: &PgStore, n: usize) {
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (t..n).step_by(32) {
+                let net = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
+                let mut subnet = Subnet::new(net);
+                subnet.add_pool(None).unwrap();
+                let id = PoolId::new("global", net, None).unwrap();
+                for _ in 0..(i % 7) {
+                    subnet.allocate(&id, &AddressRequest::default()).unwrap();
+                }
+                store
+                    .create_subnet("default", "global", &subnet)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (warmup, run) = if full {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(200))
+    };
+    let admin = admin_url();
+    let name = format!("allot_bench_{}", std::process::id());
+    exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
+    exec(&admin, &format!("CREATE DATABASE {name}")).await;
+    let url = with_database(&admin, &name);
+
+    // The ceilings, measured by pgbench on the same server.
+    exec(
+        &url,
+        "CREATE TABLE hot (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO hot VALUES (1, 0); \
+         CREATE TABLE many (id int PRIMARY KEY, n bigint NOT NULL); \
+         INSERT INTO many SELECT g, 0 FROM generate_series(1, 100000) g;",
+    )
+    .await;
+    let secs = if full { 5 } else { 1 };
+    let hot = pgbench(&url, "UPDATE hot SET n = n + 1 WHERE id = 1;\n", secs);
+    let random = pgbench(
+        &url,
+        "\\set id random(1, 100000)\nUPDATE many SET n = n + 1 WHERE id = :id;\n",
+        secs,
+    );
+    println!("| scenario | throughput | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!("| pgbench, 64 clients, UPDATE of one hot row | {hot:.0} tps | | |");
+    println!("| pgbench, 64 clients, UPDATE of a random row of 100k | {random:.0} tps | | |");
+
+    let store = PgStore::connect(&url, TIMEOUT).await.unwrap();
+    let addr = serve(driver(Arc::new(store.clone())).await).await;
+    let mut tag = 1;
+    for n_pools in [1, 16] {
+        for in_flight in [1, 16, 64] {
+            let (n_conn, per_conn) = if in_flight == 1 {
+                (1, 1)
+            } else {
+                (4, in_flight / 4)
+            };
+            let mut cs = clients(addr, n_conn).await;
+            let ids = make_pools(&mut cs[0], tag, n_pools).await;
+            tag += 1;
+            let before = commits(&url).await;
+            let stats = load(&cs, per_conn, (warmup, run), allocate_op(ids)).await;
+            let txs = commits(&url).await - before;
+            let allocations = stats.per_s * (warmup + run).as_secs_f64();
+            row(
+                &format!(
+                    "allot durable RequestAddress, {n_pools} pool(s), {in_flight} in flight \
+                     (~{:.1} allocations per transaction)",
+                    allocations / txs.max(1) as f64
+                ),
+                &stats,
+                "alloc",
+            );
+            if n_pools == 1 && in_flight == 64 {
+                println!(
+                    "| same, against pgbench's hot row | {:.1}× | | |",
+                    stats.per_s / hot
+                );
+            }
+        }
+    }
+
+    // Cold start: a fresh driver loading every subnet.
+    let n_subnets = if full { 10_000 } else { 300 };
+    fill(&store, n_subnets).await;
+    let mut best = Duration::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let fresh = PgStore::connect(&url, TIMEOUT).await.unwrap();
+        let ipam = driver(Arc::new(fresh)).await;
+        best = best.min(t0.elapsed());
+        let n = ipam.list_pools(Some("global")).await.unwrap().len();
+        assert_eq!(n, n_subnets);
+    }
+    println!(
+        "| cold start: connect and load {n_subnets} subnets (best of 3) | {:.0} ms | | |",
+        best.as_secs_f64() * 1e3
+    );
+
+    // Freshness: a change committed through one driver, seen by another's utilization.
+    let a = driver(Arc::new(PgStore::connect(&url, TIMEOUT).await.unwrap())).await;
+    let b = driver(Arc::new(PgStore::connect(&url, TIMEOUT).await.unwrap())).await;
+    let id = a
+        .request_pool(
+            LOCAL_SPACE,
+            &PoolRequest::parse("fd00:ffff::/64", "", true).unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut lags = Vec::new();
+    let samples = if full { 200 } else { 10 };
+    for _ in 0..samples {
+        a.request_address(&id, &AddressRequest::default())
+            .await
+            .unwrap();
+        let want = a.utilization(std::slice::from_ref(&id)).await.unwrap()[0]
+            .utilization
+            .allocated_in_subnet;
+        let t0 = Instant::now();
+        loop {
+            if let Ok(states) = b.utilization(std::slice::from_ref(&id)).await
+                && states[0].utilization.allocated_in_subnet == want
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "replica b never caught up"
+            );
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lags.push(t0.elapsed());
+    }
+    lags.sort_unstable();
+    println!(
+        "| another replica's GetIpamState reflects a commit (LISTEN/NOTIFY) | | {:.1} ms | {:.1} ms (max {:.1} ms) |",
+        lags[lags.len() / 2].as_secs_f64() * 1e3,
+        lags[(lags.len() * 99 / 100).min(lags.len() - 1)].as_secs_f64() * 1e3,
+        lags[lags.len() - 1].as_secs_f64() * 1e3
+    );
+
+    drop((a, b));
+    exec(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await;
+}
