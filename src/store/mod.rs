@@ -127,6 +127,21 @@ fn pool_key(sub_pool: Option<IpNet>) -> String {
     sub_pool.map(|p| p.to_string()).unwrap_or_default()
 }
 
+/// Reads `(space, subnet, version)` rows as a store lists them.
+fn parse_versions(rows: Vec<(String, String, i64)>) -> Result<Vec<(String, IpNet, u64)>, Error> {
+    rows.into_iter()
+        .map(|(space, subnet, version)| {
+            Ok((
+                space,
+                subnet
+                    .parse()
+                    .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
+                u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+            ))
+        })
+        .collect()
+}
+
 /// Rebuilds a subnet from its stored parts, checking everything.
 fn decode_subnet(
     space: &str,

@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
-use super::{Change, Error, Event, Store, SubnetRecord};
+use super::{Change, Error, Event, Store, SubnetRecord, parse_versions};
 use crate::engine::addrset::{addr_bits, host_mask};
 use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
 
@@ -107,37 +107,29 @@ impl PgStore {
             .await
             .map_err(err)?;
         // `$2 IS NULL` selects every subnet of the tenant, else the one named.
-        let subnets = sqlx::query(
+        let queries = [
             "SELECT space, subnet::text, version, cursor::text FROM subnets \
              WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
-        )
-        .bind(tenant)
-        .bind(space)
-        .bind(&net)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        let pools = sqlx::query(
             "SELECT space, subnet::text, sub_pool::text FROM pools \
              WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
-        )
-        .bind(tenant)
-        .bind(space)
-        .bind(&net)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        let runs = sqlx::query(
             "SELECT space, subnet::text, host(first), host(last), bits FROM runs \
              WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
              ORDER BY space, subnet, first",
-        )
-        .bind(tenant)
-        .bind(space)
-        .bind(&net)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
+        ];
+        let mut rows = Vec::with_capacity(queries.len());
+        for sql in queries {
+            rows.push(
+                sqlx::query(sql)
+                    .bind(tenant)
+                    .bind(space)
+                    .bind(&net)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(err)?,
+            );
+        }
+        let [subnets, pools, runs] = <[Vec<PgRow>; 3]>::try_from(rows)
+            .map_err(|_| Error::Internal("three queries, three answers".into()))?;
         tx.commit().await.map_err(err)?;
         assemble(&subnets, &pools, &runs)
     }
@@ -589,29 +581,16 @@ impl Store for PgStore {
     }
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
-        let err = |e| map_err(e, "", "");
-        self.timed(async {
-            let rows =
-                sqlx::query("SELECT space, subnet::text, version FROM subnets WHERE tenant = $1")
+        let rows: Vec<(String, String, i64)> = self
+            .timed(async {
+                sqlx::query_as("SELECT space, subnet::text, version FROM subnets WHERE tenant = $1")
                     .bind(tenant)
                     .fetch_all(&self.pool)
                     .await
-                    .map_err(err)?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let subnet: String = row.try_get(1).map_err(err)?;
-                let version: i64 = row.try_get(2).map_err(err)?;
-                out.push((
-                    row.try_get(0).map_err(err)?,
-                    subnet
-                        .parse()
-                        .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
-                    u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
-                ));
-            }
-            Ok(out)
-        })
-        .await
+                    .map_err(|e| map_err(e, "", ""))
+            })
+            .await?;
+        parse_versions(rows)
     }
 
     async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{Change, Error, Store, SubnetRecord, decode_subnet, pool_key};
+use super::{Change, Error, Store, SubnetRecord, decode_subnet, parse_versions, pool_key};
 use crate::engine::Subnet;
 
 /// The SQLite schema migrations, run at startup and by `allot migrate`.
@@ -289,24 +289,12 @@ impl Store for SqliteStore {
     }
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
-        let err = |e| map_err(e, "", "");
-        let rows = sqlx::query("SELECT space, subnet, version FROM subnets WHERE tenant = ?")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let subnet: String = row.try_get(1).map_err(err)?;
-            let version: i64 = row.try_get(2).map_err(err)?;
-            out.push((
-                row.try_get(0).map_err(err)?,
-                subnet
-                    .parse()
-                    .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
-                u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
-            ));
-        }
-        Ok(out)
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT space, subnet, version FROM subnets WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))?;
+        parse_versions(rows)
     }
 }
