@@ -33,6 +33,10 @@ use crate::store::{self, Change, Event, Store, SubnetRecord};
 /// race for its subnet, before the caller gets `Aborted`.
 const MAX_ATTEMPTS: usize = 16;
 
+/// How often a driver sharing its store with other writers compares every cached version with
+/// the stored ones, besides applying their announcements as they come.
+const RESYNC_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The built-in IPAM driver.
 pub struct Builtin {
     ctx: Arc<Ctx>,
@@ -467,9 +471,21 @@ impl Ctx {
         failed.and_then(unavailable)
     }
 
-    /// Applies other writers' changes to the cache until the store stops reporting them.
+    /// Applies other writers' changes to the cache until the store stops reporting them, and
+    /// compares every version now and then, in case an announcement never came (a writer
+    /// that died between its commit and its announcement).
     async fn watch(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = events.recv().await {
+        let mut every = tokio::time::interval(RESYNC_PERIOD);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => event,
+                    None => return,
+                },
+                _ = every.tick() => Event::Resync,
+            };
             match event {
                 Event::Changed {
                     tenant,
