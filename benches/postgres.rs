@@ -228,6 +228,23 @@ async fn main() {
         }
     }
 
+    // Three replicas (three drivers, each with its own connection pool and cache) on one
+    // pool: they take turns through the version compare-and-swap, reloading when they lose.
+    let mut replica_clients = Vec::new();
+    for _ in 0..3 {
+        let store = PgStore::connect(&url, TIMEOUT).await.unwrap();
+        let addr = serve(driver(Arc::new(store)).await).await;
+        replica_clients.extend(clients(addr, 1).await);
+    }
+    let ids = make_pools(&mut replica_clients[0], tag, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the others hear of the pool
+    let stats = load(&replica_clients, 21, (warmup, run), allocate_op(ids)).await;
+    row(
+        "allot durable RequestAddress, 3 replicas on 1 pool, 63 in flight",
+        &stats,
+        "alloc",
+    );
+
     // Cold start: a fresh driver loading every subnet.
     let n_subnets = if full { 10_000 } else { 300 };
     fill(&store, n_subnets).await;

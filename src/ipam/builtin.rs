@@ -27,7 +27,7 @@ use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,
 };
-use crate::store::{self, Change, Event, Store, SubnetRecord};
+use crate::store::{self, Change, Event, Store, SubnetLock, SubnetRecord};
 
 /// How many times a batch (or a pool request) is tried when other replicas keep winning the
 /// race for its subnet, before the caller gets `Aborted`.
@@ -373,8 +373,42 @@ impl Ctx {
         Ok(())
     }
 
-    /// Persists `next` (`before` changed in `blocks`) as the cell's next version and
-    /// publishes it.
+    /// Locks the cell's subnet in the store, if the store can, and makes the cell what the
+    /// store holds under that lock.
+    async fn lock(
+        &self,
+        space: &str,
+        net: IpNet,
+        cell: &Cell,
+        state: &mut CellState,
+    ) -> Result<Option<Box<dyn SubnetLock>>, Error> {
+        match self
+            .store
+            .lock_subnet(&self.tenant, space, net, state.version)
+            .await
+        {
+            Ok(Some(mut lock)) => {
+                if let Some(record) = lock.take_reloaded() {
+                    let subnet = Arc::new(record.subnet);
+                    state.subnet = Some(Arc::clone(&subnet));
+                    state.version = record.version;
+                    cell.publish(subnet, record.version);
+                }
+                state.stale = false;
+                Ok(Some(lock))
+            }
+            Ok(None) => Ok(None),
+            Err(store::Error::NotFound { .. }) => {
+                state.subnet = None;
+                state.stale = false;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Persists `next` (`before` changed in `blocks`) as the cell's next version, under `lock`
+    /// when given, and publishes it.
     async fn commit(
         &self,
         space: &str,
@@ -382,6 +416,7 @@ impl Ctx {
         state: &mut CellState,
         (before, next): (&Subnet, Subnet),
         blocks: &[u128],
+        lock: Option<Box<dyn SubnetLock>>,
     ) -> Result<(), Error> {
         let version = state.version + 1;
         // Set before the write and cleared after it, so a write that fails or is cancelled
@@ -392,9 +427,14 @@ impl Ctx {
             after: &next,
             blocks,
         };
-        self.store
-            .update_subnet(&self.tenant, space, &change, version)
-            .await?;
+        match lock {
+            Some(lock) => lock.commit(&change, version).await?,
+            None => {
+                self.store
+                    .update_subnet(&self.tenant, space, &change, version)
+                    .await?;
+            }
+        }
         let next = Arc::new(next);
         state.subnet = Some(Arc::clone(&next));
         state.version = version;
@@ -418,12 +458,26 @@ impl Ctx {
         let mut attempt = 0;
         let (results, failed) = loop {
             attempt += 1;
-            if let Err(e) = self.refresh(&space, net, cell, state).await {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.replicate()));
+            // After losing a race, lock the subnet in the store (where it can) so that this
+            // try cannot lose: the replicas then take turns instead of retrying in a crowd.
+            let lock = if attempt > 1 {
+                self.lock(&space, net, cell, state).await
+            } else {
+                Ok(None)
+            };
+            let lock = match lock {
+                Ok(None) => self.refresh(&space, net, cell, state).await.map(|()| None),
+                locked => locked,
+            };
+            let lock = match lock {
+                Ok(lock) => lock,
+                Err(e) => {
+                    for job in jobs {
+                        let _ = job.reply.send(Err(e.replicate()));
+                    }
+                    return unavailable(e);
                 }
-                return unavailable(e);
-            }
+            };
             let Some(current) = state.subnet.clone() else {
                 for job in jobs {
                     let _ = job.reply.send(Err(not_found(&job.id)));
@@ -451,7 +505,7 @@ impl Ctx {
                 break (results, None);
             }
             match self
-                .commit(&space, cell, state, (&current, next), &blocks)
+                .commit(&space, cell, state, (&current, next), &blocks, lock)
                 .await
             {
                 Ok(()) => break (results, None),
@@ -684,7 +738,7 @@ impl Ipam for Builtin {
                     index.remove(&id.subnet());
                 })
             } else {
-                ctx.commit(id.space(), &cell, &mut state, (&current, next), &[])
+                ctx.commit(id.space(), &cell, &mut state, (&current, next), &[], None)
                     .await
             };
             match result {

@@ -60,6 +60,19 @@ impl Change<'_> {
     }
 }
 
+/// A subnet locked for writing by [`Store::lock_subnet`]; dropping it releases the lock.
+#[async_trait]
+pub trait SubnetLock: Send {
+    /// The stored version.
+    fn version(&self) -> u64;
+
+    /// The stored state, when its version was not the one the caller had cached.
+    fn take_reloaded(&mut self) -> Option<SubnetRecord>;
+
+    /// Stores `change` at `version` (the locked version plus one) and releases the lock.
+    async fn commit(self: Box<Self>, change: &Change<'_>, version: u64) -> Result<(), Error>;
+}
+
 /// What another writer (another replica) did, as a store that can tell reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -110,6 +123,20 @@ pub trait Store: Send + Sync + 'static {
         net: IpNet,
         version: u64,
     ) -> Result<(), Error>;
+
+    /// Locks a subnet for writing, for a writer that lost a race for it: other writers of the
+    /// subnet wait until the lock is committed or dropped, so this writer cannot lose again.
+    /// The lock holds the stored state when its version is not `cached_version`. `None` from
+    /// a store that cannot lock (the caller stays optimistic); `NotFound` if not stored.
+    async fn lock_subnet(
+        &self,
+        _tenant: &str,
+        _space: &str,
+        _net: IpNet,
+        _cached_version: u64,
+    ) -> Result<Option<Box<dyn SubnetLock>>, Error> {
+        Ok(None)
+    }
 
     /// Lists the stored version of every subnet of a tenant (for a resync after missed
     /// events).

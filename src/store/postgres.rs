@@ -21,7 +21,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
-use super::{Change, Error, Event, Store, SubnetRecord, parse_versions};
+use super::{Change, Error, Event, Store, SubnetLock, SubnetRecord, parse_versions};
 use crate::engine::addrset::{addr_bits, host_mask};
 use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
 
@@ -85,12 +85,7 @@ impl PgStore {
 
     /// Runs `op`, failing with `Unavailable` when it takes longer than the store's timeout.
     async fn timed<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        match tokio::time::timeout(self.timeout, op).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Unavailable(
-                format!("postgres did not answer within {:?}", self.timeout).into(),
-            )),
-        }
+        timed(self.timeout, op).await
     }
 
     /// Loads the subnets matching `filter` ("" or a condition on `$2`/`$3`) in one snapshot.
@@ -100,38 +95,14 @@ impl PgStore {
         key: Option<(&str, IpNet)>,
     ) -> Result<Vec<SubnetRecord>, Error> {
         let err = |e| map_err(e, "", "");
-        let (space, net) = key.map_or((None, None), |(s, n)| (Some(s), Some(n.to_string())));
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(err)?;
-        // `$2 IS NULL` selects every subnet of the tenant, else the one named.
-        let queries = [
-            "SELECT space, subnet::text, version, cursor::text FROM subnets \
-             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
-            "SELECT space, subnet::text, sub_pool::text FROM pools \
-             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
-            "SELECT space, subnet::text, host(first), host(last), bits FROM runs \
-             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
-             ORDER BY space, subnet, first",
-        ];
-        let mut rows = Vec::with_capacity(queries.len());
-        for sql in queries {
-            rows.push(
-                sqlx::query(sql)
-                    .bind(tenant)
-                    .bind(space)
-                    .bind(&net)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(err)?,
-            );
-        }
-        let [subnets, pools, runs] = <[Vec<PgRow>; 3]>::try_from(rows)
-            .map_err(|_| Error::Internal("three queries, three answers".into()))?;
+        let records = read_subnets(&mut tx, tenant, key).await?;
         tx.commit().await.map_err(err)?;
-        assemble(&subnets, &pools, &runs)
+        Ok(records)
     }
 
     /// Tells apart a missing subnet from a stale version, after a write matched no row.
@@ -150,6 +121,55 @@ impl PgStore {
             Ok(None) => Error::NotFound { space, subnet },
             Err(e) => map_err(e, &space, &subnet),
         }
+    }
+}
+
+/// Reads the subnets of a tenant (`key`: only the one named) with the statements of one
+/// connection: call it inside a transaction, for one snapshot.
+async fn read_subnets(
+    conn: &mut sqlx::PgConnection,
+    tenant: &str,
+    key: Option<(&str, IpNet)>,
+) -> Result<Vec<SubnetRecord>, Error> {
+    let err = |e| map_err(e, "", "");
+    let (space, net) = key.map_or((None, None), |(s, n)| (Some(s), Some(n.to_string())));
+    // `$2 IS NULL` selects every subnet of the tenant, else the one named.
+    let queries = [
+        "SELECT space, subnet::text, version, cursor::text FROM subnets \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
+        "SELECT space, subnet::text, sub_pool::text FROM pools \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
+        "SELECT space, subnet::text, host(first), host(last), bits FROM runs \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
+             ORDER BY space, subnet, first",
+    ];
+    let mut rows = Vec::with_capacity(queries.len());
+    for sql in queries {
+        rows.push(
+            sqlx::query(sql)
+                .bind(tenant)
+                .bind(space)
+                .bind(&net)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(err)?,
+        );
+    }
+    let [subnets, pools, runs] = <[Vec<PgRow>; 3]>::try_from(rows)
+        .map_err(|_| Error::Internal("three queries, three answers".into()))?;
+    assemble(&subnets, &pools, &runs)
+}
+
+/// Runs `op`, failing with `Unavailable` when it takes longer than `timeout`.
+async fn timed<T>(
+    timeout: Duration,
+    op: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Unavailable(
+            format!("postgres did not answer within {timeout:?}").into(),
+        )),
     }
 }
 
@@ -580,6 +600,56 @@ impl Store for PgStore {
         .await
     }
 
+    async fn lock_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        cached_version: u64,
+    ) -> Result<Option<Box<dyn SubnetLock>>, Error> {
+        let subnet = net.to_string();
+        let err = |e| map_err(e, space, &subnet);
+        self.timed(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            // The row lock: other writers' version updates wait for this transaction.
+            let version: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM subnets \
+                 WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr FOR UPDATE",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&subnet)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+            let Some(version) = version else {
+                return Err(Error::NotFound {
+                    space: space.to_owned(),
+                    subnet: subnet.clone(),
+                });
+            };
+            let version = u64::try_from(version).map_err(|e| Error::Internal(e.into()))?;
+            // Read under the lock, the subnet cannot change until this transaction ends.
+            let reloaded = if version == cached_version {
+                None
+            } else {
+                read_subnets(&mut tx, tenant, Some((space, net)))
+                    .await?
+                    .pop()
+            };
+            let lock: Box<dyn SubnetLock> = Box::new(PgLock {
+                tx,
+                tenant: tenant.to_owned(),
+                space: space.to_owned(),
+                version,
+                reloaded,
+                timeout: self.timeout,
+            });
+            Ok(Some(lock))
+        })
+        .await
+    }
+
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let rows: Vec<(String, String, i64)> = self
             .timed(async {
@@ -602,6 +672,56 @@ impl Store for PgStore {
             .connect_lazy_with(options);
         tokio::spawn(listen(pool, tx));
         Some(rx)
+    }
+}
+
+/// A subnet row locked (`SELECT … FOR UPDATE`) in an open transaction.
+struct PgLock {
+    tx: Transaction<'static, Postgres>,
+    tenant: String,
+    space: String,
+    version: u64,
+    reloaded: Option<SubnetRecord>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl SubnetLock for PgLock {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn take_reloaded(&mut self) -> Option<SubnetRecord> {
+        self.reloaded.take()
+    }
+
+    async fn commit(self: Box<Self>, change: &Change<'_>, version: u64) -> Result<(), Error> {
+        let Self {
+            mut tx,
+            tenant,
+            space,
+            timeout,
+            ..
+        } = *self;
+        let net = change.after.net().to_string();
+        let err = |e| map_err(e, &space, &net);
+        timed(timeout, async {
+            let updated = write_change(&mut *tx, &tenant, &space, change, version).await?;
+            if !updated {
+                // Cannot happen while the row is locked, unless `version` is not the next one.
+                return Err(Error::Conflict {
+                    space: space.clone(),
+                    subnet: net.clone(),
+                });
+            }
+            if change.pools_changed() {
+                write_pools(&mut tx, &tenant, &space, change.after)
+                    .await
+                    .map_err(err)?;
+            }
+            tx.commit().await.map_err(err)
+        })
+        .await
     }
 }
 
@@ -912,6 +1032,62 @@ mod tests {
         s.create_subnet("t2", "local", &b)
             .await
             .expect("another tenant may hold it");
+    }
+
+    /// A locked subnet makes the next locker wait, then hands it the state committed under
+    /// the first lock.
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+    async fn a_lock_makes_the_next_writer_wait_and_reload(pool: PgPool) {
+        let s = store(pool);
+        let cidr = net("10.71.0.0/24");
+        let mut subnet = Subnet::new(cidr);
+        subnet.add_pool(None).expect("pool");
+        s.create_subnet("t1", "local", &subnet)
+            .await
+            .expect("create");
+        let mut first = s
+            .lock_subnet("t1", "local", cidr, 1)
+            .await
+            .expect("lock")
+            .expect("postgres locks");
+        assert_eq!(first.version(), 1);
+        assert!(
+            first.take_reloaded().is_none(),
+            "the cached version is current"
+        );
+        let other = s.clone();
+        let second = tokio::spawn(async move {
+            let mut lock = other
+                .lock_subnet("t1", "local", cidr, 1)
+                .await
+                .expect("lock")
+                .expect("postgres locks");
+            (lock.version(), lock.take_reloaded())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !second.is_finished(),
+            "the second writer waits for the first"
+        );
+        let before = subnet.clone();
+        let id = PoolId::new("local", cidr, None).expect("id");
+        let a = subnet
+            .allocate(&id, &AddressRequest::default())
+            .expect("room");
+        let blocks = [subnet.addrs().ordinal(a).expect("inside") >> 6];
+        let change = Change {
+            before: &before,
+            after: &subnet,
+            blocks: &blocks,
+        };
+        first.commit(&change, 2).await.expect("commit");
+        let (version, reloaded) = second.await.expect("second writer");
+        assert_eq!(version, 2);
+        assert_eq!(reloaded.map(|r| r.subnet), Some(subnet));
+        assert!(matches!(
+            s.lock_subnet("t1", "local", net("10.72.0.0/24"), 1).await,
+            Err(Error::NotFound { .. })
+        ));
     }
 
     /// Changes are announced: a subscriber hears a resync, then each commit's version.
