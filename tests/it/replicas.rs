@@ -53,25 +53,9 @@ fn next(seed: &mut u64) -> u64 {
 /// Waits until every replica knows every pool (replicas learn of each other's pools through
 /// Postgres notifications).
 async fn wait_for_pools(servers: &[&Server], ids: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let want: Vec<&str> = ids.iter().map(String::as_str).collect();
     for s in servers {
-        let mut c = s.client().await;
-        loop {
-            let listed = c
-                .list_pools(pb::ListPoolsRequest {
-                    address_space: String::new(),
-                })
-                .await
-                .expect("list")
-                .into_inner()
-                .pools
-                .len();
-            if listed == ids.len() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a replica never saw the pools");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_listed(&mut s.client().await, &want).await;
     }
 }
 
