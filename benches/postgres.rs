@@ -280,11 +280,16 @@ async fn main() {
             .unwrap();
         let want = a.utilization(std::slice::from_ref(&id)).await.unwrap()[0]
             .utilization
+            .as_ref()
+            .unwrap()
             .allocated_in_subnet;
         let t0 = Instant::now();
         loop {
             if let Ok(states) = b.utilization(std::slice::from_ref(&id)).await
-                && states[0].utilization.allocated_in_subnet == want
+                && states[0]
+                    .utilization
+                    .as_ref()
+                    .is_ok_and(|u| u.allocated_in_subnet == want)
             {
                 break;
             }

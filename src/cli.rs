@@ -280,21 +280,41 @@ pub fn state_json(pools: &[pb::PoolState]) -> String {
                 "available_ips_in_ip_range_pool_exact": p.available_ips_in_ip_range_pool_exact,
                 "available_ips_in_subnet_ranges": p.available_ips_in_subnet_ranges,
                 "available_ips_in_subnet_ranges_exact": p.available_ips_in_subnet_ranges_exact,
+                "driver": p.driver,
+                "source": source_name(p),
+                "error_code": p.error_code,
+                "error": p.error,
             })
         })
         .collect();
     serde_json::Value::Array(items).to_string()
 }
 
+/// Where a state's counts come from, as the CLI shows it.
+fn source_name(p: &pb::PoolState) -> &'static str {
+    match p.source() {
+        pb::UtilizationSource::Tracked => "tracked",
+        pb::UtilizationSource::Driver | pb::UtilizationSource::Unspecified => "driver",
+    }
+}
+
 /// Width of the utilization bar, in characters.
 const BAR: usize = 20;
 
-/// `allot state`: pool, subnet, range, addresses in use in the subnet, free in the range, and
-/// a bar of how much of the range is taken.
+/// `allot state`: pool, driver, subnet, range, addresses in use in the subnet, free in the
+/// range, and a bar of how much of the range is taken (or the driver's error).
 #[must_use]
 pub fn state_table(pools: &[pb::PoolState]) -> String {
-    let header = ["POOL", "SUBNET", "RANGE", "IN USE", "FREE", "RANGE USED"];
-    let rows: Vec<[String; 6]> = pools
+    let header = [
+        "POOL",
+        "DRIVER",
+        "SUBNET",
+        "RANGE",
+        "IN USE",
+        "FREE",
+        "RANGE USED",
+    ];
+    let rows: Vec<[String; 7]> = pools
         .iter()
         .map(|p| {
             let range = if p.ip_range.is_empty() {
@@ -302,17 +322,39 @@ pub fn state_table(pools: &[pb::PoolState]) -> String {
             } else {
                 &p.ip_range
             };
+            let driver = match (p.driver.as_str(), source_name(p)) {
+                ("", _) => "-".to_owned(),
+                (d, "tracked") => format!("{d} (tracked)"),
+                (d, _) => d.to_owned(),
+            };
+            let (used, free, bar) = if !p.error_code.is_empty() {
+                let e = format!("error: {} {}", p.error_code, p.error);
+                ("-".to_owned(), "-".to_owned(), e)
+            } else if p.driver == "null" {
+                (
+                    "0".to_owned(),
+                    "0".to_owned(),
+                    "- (no addresses)".to_owned(),
+                )
+            } else {
+                (
+                    p.allocated_ips_in_subnet_exact.clone(),
+                    p.available_ips_in_ip_range_pool_exact.clone(),
+                    bar(range, &p.available_ips_in_ip_range_pool_exact),
+                )
+            };
             [
                 p.pool_id.clone(),
+                driver,
                 p.subnet.clone(),
                 if p.ip_range.is_empty() {
                     "-".to_owned()
                 } else {
                     p.ip_range.clone()
                 },
-                p.allocated_ips_in_subnet_exact.clone(),
-                p.available_ips_in_ip_range_pool_exact.clone(),
-                bar(range, &p.available_ips_in_ip_range_pool_exact),
+                used,
+                free,
+                bar,
             ]
         })
         .collect();
@@ -323,12 +365,12 @@ pub fn state_table(pools: &[pb::PoolState]) -> String {
         }
     }
     let mut out = String::new();
-    let mut line = |cells: [&str; 6]| {
+    let mut line = |cells: [&str; 7]| {
         for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
             // Counts right-aligned, text left-aligned; no padding after the last column.
             let _ = match i {
-                3 | 4 => write!(out, "{cell:>w$}  "),
-                5 => write!(out, "{cell}"),
+                4 | 5 => write!(out, "{cell:>w$}  "),
+                6 => write!(out, "{cell}"),
                 _ => write!(out, "{cell:<w$}  "),
             };
         }
@@ -416,5 +458,31 @@ mod tests {
         assert_eq!(col(lines[0], "SUBNET"), col(lines[1], "192.168.10.0/24"));
         assert_eq!(col(lines[0], "SUBNET"), col(lines[2], "fd00::/64"));
         assert!(state_table(&[]).ends_with("RANGE USED\n(no pools)\n"));
+    }
+
+    #[test]
+    fn the_state_table_shows_drivers_sources_and_errors() {
+        let mut tracked = state("far/10.9.0.0/16", "10.9.0.0/16", "", "3", "65533");
+        tracked.driver = "remote".into();
+        tracked.set_source(pb::UtilizationSource::Tracked);
+        let mut failed = state("far/10.8.0.0/16", "10.8.0.0/16", "", "0", "0");
+        failed.driver = "remote".into();
+        failed.error_code = "UNAVAILABLE".into();
+        failed.error = "remote driver: plugin unreachable".into();
+        let mut null = state("null/0.0.0.0/0", "0.0.0.0/0", "", "0", "0");
+        null.driver = "null".into();
+        let t = state_table(&[tracked, failed, null]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[1].contains("remote (tracked)"), "{}", lines[1]);
+        assert!(
+            lines[2].ends_with("error: UNAVAILABLE remote driver: plugin unreachable"),
+            "{}",
+            lines[2]
+        );
+        assert!(lines[3].ends_with("- (no addresses)"), "{}", lines[3]);
+        let json: serde_json::Value =
+            serde_json::from_str(&state_json(&[state("a/10.0.0.0/8", "", "", "", "")]))
+                .expect("json");
+        assert_eq!(json[0]["source"], "driver");
     }
 }

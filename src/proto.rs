@@ -5,12 +5,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::api::status::code_name;
 use crate::engine::error::shown;
 use crate::engine::{
     self, AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE,
-    SERIAL_OPTION, saturating_u64,
+    SERIAL_OPTION, Utilization, saturating_u64,
 };
-use crate::ipam::PoolState;
+use crate::ipam::{PoolState, Source};
 
 /// Code generated from `proto/ipam/v1/ipam.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -125,7 +126,18 @@ pub fn pool(id: &PoolId) -> pb::Pool {
 /// decimal twins.
 #[must_use]
 pub fn pool_state(state: &PoolState) -> pb::PoolState {
-    let u = state.utilization;
+    let (u, error_code, error) = match &state.utilization {
+        Ok(u) => (*u, String::new(), String::new()),
+        Err(e) => (
+            Utilization {
+                allocated_in_subnet: 0,
+                free_in_range: 0,
+                free_in_union: 0,
+            },
+            code_name(e.kind).to_owned(),
+            e.message.clone(),
+        ),
+    };
     pb::PoolState {
         pool_id: state.id.to_string(),
         subnet: state.id.subnet().to_string(),
@@ -141,5 +153,13 @@ pub fn pool_state(state: &PoolState) -> pb::PoolState {
         available_ips_in_subnet_ranges: saturating_u64(u.free_in_union),
         available_ips_in_subnet_ranges_exact: u.free_in_union.to_string(),
         address_space: state.id.space().to_owned(),
+        driver: state.driver.clone(),
+        source: match state.source {
+            Source::Driver => pb::UtilizationSource::Driver,
+            Source::Tracked => pb::UtilizationSource::Tracked,
+        }
+        .into(),
+        error_code,
+        error,
     }
 }

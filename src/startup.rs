@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::api::IpamApi;
 use crate::config::DatabaseArgs;
 use crate::engine::DefaultPool;
-use crate::ipam::{Builtin, Ipam};
+use crate::ipam::{Builtin, Ipam, NULL_SPACE, Null, Router};
 use crate::proto::pb;
 use crate::proto::pb::ipam_service_server::IpamServiceServer;
 use crate::store::{DEFAULT_TENANT, MemoryStore, PgStore, SqliteStore, Store};
@@ -46,7 +46,8 @@ pub async fn open_store(args: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
     bail!("unsupported database URL {shown:?}: expected sqlite://PATH, postgres://… or memory:")
 }
 
-/// Loads the built-in driver over `store`.
+/// Loads the built-in driver over `store`, and routes Docker's `null` address space to the
+/// null driver, as Docker does.
 ///
 /// # Errors
 /// The store cannot be read, or holds corrupt data.
@@ -54,10 +55,12 @@ pub async fn driver(
     store: Arc<dyn Store>,
     defaults: BTreeMap<String, Vec<DefaultPool>>,
 ) -> anyhow::Result<Arc<dyn Ipam>> {
-    let driver = Builtin::load(store, DEFAULT_TENANT, defaults)
+    let builtin = Builtin::load(store, DEFAULT_TENANT, defaults)
         .await
         .context("loading subnets from the store")?;
-    Ok(Arc::new(driver))
+    let null: Arc<dyn Ipam> = Arc::new(Null::new());
+    let spaces = BTreeMap::from([(NULL_SPACE.to_owned(), null)]);
+    Ok(Arc::new(Router::new(Arc::new(builtin), spaces)))
 }
 
 /// Serves the gRPC API for `ipam` on `listener` until `shutdown` resolves, then stops taking

@@ -9,17 +9,7 @@ use crate::ipam::{Error, Kind};
 /// chain, and reach the client redacted.
 #[must_use]
 pub fn status(err: &Error) -> Status {
-    let code = match err.kind() {
-        Kind::Invalid => Code::InvalidArgument,
-        Kind::NotFound => Code::NotFound,
-        Kind::AlreadyExists => Code::AlreadyExists,
-        Kind::Exhausted => Code::ResourceExhausted,
-        Kind::FailedPrecondition => Code::FailedPrecondition,
-        Kind::Aborted => Code::Aborted,
-        Kind::Unavailable => Code::Unavailable,
-        Kind::Internal => Code::Internal,
-    };
-    match code {
+    match code(err.kind()) {
         Code::Internal => {
             tracing::error!(error = %chain(err), "internal error");
             Status::internal("internal error (details are in the server log)")
@@ -33,6 +23,36 @@ pub fn status(err: &Error) -> Status {
             Status::aborted(format!("{err}; retry"))
         }
         code => Status::new(code, err.to_string()),
+    }
+}
+
+/// The status code of each kind of error.
+#[must_use]
+pub fn code(kind: Kind) -> Code {
+    match kind {
+        Kind::Invalid => Code::InvalidArgument,
+        Kind::NotFound => Code::NotFound,
+        Kind::AlreadyExists => Code::AlreadyExists,
+        Kind::Exhausted => Code::ResourceExhausted,
+        Kind::FailedPrecondition => Code::FailedPrecondition,
+        Kind::Aborted => Code::Aborted,
+        Kind::Unavailable => Code::Unavailable,
+        Kind::Internal => Code::Internal,
+    }
+}
+
+/// The canonical name of a kind's status code, as `google.rpc.Code` spells it.
+#[must_use]
+pub fn code_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Invalid => "INVALID_ARGUMENT",
+        Kind::NotFound => "NOT_FOUND",
+        Kind::AlreadyExists => "ALREADY_EXISTS",
+        Kind::Exhausted => "RESOURCE_EXHAUSTED",
+        Kind::FailedPrecondition => "FAILED_PRECONDITION",
+        Kind::Aborted => "ABORTED",
+        Kind::Unavailable => "UNAVAILABLE",
+        Kind::Internal => "INTERNAL",
     }
 }
 

@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Capabilities, Error, Ipam, PoolState, not_found};
+use super::{Capabilities, Error, Ipam, PoolState, Source, not_found};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,
@@ -661,6 +661,10 @@ impl SpaceCache {
 
 #[async_trait]
 impl Ipam for Builtin {
+    fn name(&self) -> &str {
+        "builtin"
+    }
+
     fn default_address_spaces(&self) -> (String, String) {
         (LOCAL_SPACE.to_owned(), GLOBAL_SPACE.to_owned())
     }
@@ -795,7 +799,9 @@ impl Ipam for Builtin {
             }
             out.push(PoolState {
                 id: id.clone(),
-                utilization: subnet.utilization(id.sub_pool()),
+                driver: self.name().to_owned(),
+                source: Source::Driver,
+                utilization: Ok(subnet.utilization(id.sub_pool())),
             });
         }
         Ok(out)

@@ -1,9 +1,13 @@
 //! The driver-agnostic IPAM interface. Generic code (the gRPC service, the state query)
 //! reaches drivers only through [`Ipam`]; it never calls into a driver's internals.
 //!
-//! Drivers: [`Builtin`] (the engine, an in-memory cache of every subnet, and a store).
+//! Drivers: [`Builtin`] (the engine, an in-memory cache of every subnet, and a store),
+//! [`Null`] (Docker's null IPAM: pools without addresses). [`Router`] serves each address
+//! space with the driver configured for it, and is itself an [`Ipam`].
 
 mod builtin;
+mod null;
+mod router;
 
 use std::net::IpAddr;
 
@@ -14,6 +18,8 @@ use crate::engine::{self, AddressRequest, ErrorKind, PoolId, PoolRequest, Utiliz
 use crate::store;
 
 pub use builtin::Builtin;
+pub use null::{NULL_SPACE, Null};
+pub use router::Router;
 
 /// What a driver needs from its callers (Docker's `GetCapabilities`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,16 +28,38 @@ pub struct Capabilities {
     pub requires_request_replay: bool,
 }
 
-/// The utilization of one pool.
+/// Where a pool's figures come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The driver counted them itself.
+    Driver,
+    /// A tracking decorator counted what passed through it to a driver that cannot count.
+    Tracked,
+}
+
+/// Why a pool's utilization could not be had: its driver failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolError {
+    pub kind: Kind,
+    pub message: String,
+}
+
+/// The utilization of one pool, or why its driver could not tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolState {
     pub id: PoolId,
-    pub utilization: Utilization,
+    /// The name of the driver serving the pool.
+    pub driver: String,
+    pub source: Source,
+    pub utilization: Result<Utilization, PoolError>,
 }
 
 /// An IPAM driver.
 #[async_trait]
 pub trait Ipam: Send + Sync + 'static {
+    /// Returns the driver's name, as configured (`builtin`, `null`, `remote`).
+    fn name(&self) -> &str;
+
     /// Returns the default (local, global) address spaces.
     fn default_address_spaces(&self) -> (String, String);
 
@@ -65,6 +93,13 @@ pub enum Error {
     Engine(#[from] engine::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
+    /// A driver other than the built-in one refused or failed, in its own words.
+    #[error("{driver} driver: {message}")]
+    Driver {
+        driver: String,
+        kind: Kind,
+        message: String,
+    },
     /// A bug: an invariant did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -103,6 +138,7 @@ impl Error {
                 store::Error::Unavailable(_) => Kind::Unavailable,
                 store::Error::Corrupt { .. } | store::Error::Internal(_) => Kind::Internal,
             },
+            Self::Driver { kind, .. } => *kind,
             Self::Internal(_) => Kind::Internal,
         }
     }
@@ -116,6 +152,15 @@ impl Error {
         match self {
             Self::Engine(e) => Self::Engine(e.clone()),
             Self::Store(e) => Self::Store(e.replicate()),
+            Self::Driver {
+                driver,
+                kind,
+                message,
+            } => Self::Driver {
+                driver: driver.clone(),
+                kind: *kind,
+                message: message.clone(),
+            },
             Self::Internal(s) => Self::Internal(s.clone()),
         }
     }

@@ -220,3 +220,52 @@ async fn concurrent_mutations_of_one_subnet_share_commits() {
     assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 258);
     app.stop().await;
 }
+
+/// Pools of the built-in and the null driver in one GetIpamState: a state for each, marked
+/// with its driver and where its counts come from.
+#[tokio::test]
+async fn one_state_call_answers_for_every_driver() {
+    let app = spawn_app(std::sync::Arc::new(allot::store::MemoryStore::new())).await;
+    let mut c = app.client.clone();
+    let local = request_pool(&mut c, "10.33.0.0/24", "").await.unwrap();
+    let null = c
+        .request_pool(pb::RequestPoolRequest {
+            address_space: "null".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(null.pool_id, "null/0.0.0.0/0");
+    assert_eq!(null.pool, "0.0.0.0/0");
+    let err = request_address(&mut c, &null.pool_id, "", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let states = c
+        .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+        .await
+        .unwrap()
+        .into_inner()
+        .pools;
+    let ids: Vec<&str> = states.iter().map(|s| s.pool_id.as_str()).collect();
+    assert_eq!(ids, [local.as_str(), "null/0.0.0.0/0"]);
+    assert_eq!(states[0].driver, "builtin");
+    assert_eq!(states[0].source(), pb::UtilizationSource::Driver);
+    assert_eq!(states[0].allocated_ips_in_subnet, 2);
+    assert_eq!(states[1].driver, "null");
+    assert_eq!(states[1].source(), pb::UtilizationSource::Driver);
+    assert_eq!(
+        (
+            states[1].allocated_ips_in_subnet,
+            states[1].available_ips_in_ip_range_pool
+        ),
+        (0, 0)
+    );
+    assert!(
+        states
+            .iter()
+            .all(|s| s.error.is_empty() && s.error_code.is_empty())
+    );
+    app.stop().await;
+}
