@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -142,14 +143,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("database memory: nothing is persisted; every pool is lost on exit");
     }
     tracing::warn!("authentication is disabled: every caller acts for the default tenant");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    if let Some(path) = &args.docker_plugin_socket {
+        let socket = crate::api::plugin::bind(path)
+            .with_context(|| format!("docker plugin socket {}", path.display()))?;
+        tracing::info!(socket = %path.display(), "serving the docker ipam plugin protocol");
+        tokio::spawn(crate::api::plugin::serve(
+            socket,
+            path.clone(),
+            Arc::clone(&ipam),
+            stopping.clone(),
+        ));
+    }
     tracing::info!(%addr, database = %args.database.redacted_url(), "allot listening");
-    startup::serve(
-        listener,
-        ipam,
-        startup::shutdown_signal(),
-        args.shutdown_grace,
-    )
-    .await
+    let shutdown = async move {
+        startup::shutdown_signal().await;
+        let _ = stop.send(true);
+    };
+    startup::serve(listener, ipam, shutdown, args.shutdown_grace).await
 }
 
 async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {

@@ -25,6 +25,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Also serve Docker's remote IPAM plugin protocol on this unix socket, e.g.
+    /// `/run/docker/plugins/allot.sock` (then `docker network create --ipam-driver allot`).
+    #[arg(long, env = "ALLOT_DOCKER_PLUGIN_SOCKET")]
+    pub docker_plugin_socket: Option<std::path::PathBuf>,
+
     /// Log format.
     #[arg(long, env = "ALLOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -1,6 +1,8 @@
-//! The gRPC API: a thin tonic service over an [`Ipam`](crate::ipam::Ipam) driver, and the one
-//! error → status map. Only this module and `proto` know tonic and prost.
+//! The APIs: a thin tonic service over an [`Ipam`](crate::ipam::Ipam) driver with the one
+//! error → status map, and Docker's remote IPAM plugin protocol on a unix socket. Only this
+//! module and `proto` know tonic and prost.
 
+pub mod plugin;
 mod service;
 pub mod status;
 

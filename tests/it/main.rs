@@ -11,5 +11,6 @@ mod errors;
 mod grpcurl;
 mod helpers;
 mod outage;
+mod plugin;
 mod replicas;
 mod semantics;
