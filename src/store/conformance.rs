@@ -205,6 +205,36 @@ pub async fn changes_rebuild_the_subnet<S: Store>(store: &S) {
     }
 }
 
+/// Remote pools are recorded, replaced, listed per tenant and forgotten.
+pub async fn records_remote_pools<S: Store>(store: &S) {
+    store
+        .put_remote_pool("t1", "far/10.9.0.0/16", "opaque-1")
+        .await
+        .expect("put");
+    store
+        .put_remote_pool("t1", "far/10.9.0.0/16", "opaque-2")
+        .await
+        .expect("replace");
+    store
+        .put_remote_pool("t2", "far/10.9.0.0/16", "other")
+        .await
+        .expect("another tenant");
+    assert_eq!(
+        store.remote_pools("t1").await.expect("list"),
+        vec![("far/10.9.0.0/16".to_owned(), "opaque-2".to_owned())]
+    );
+    store
+        .delete_remote_pool("t1", "far/10.9.0.0/16")
+        .await
+        .expect("delete");
+    store
+        .delete_remote_pool("t1", "far/10.9.0.0/16")
+        .await
+        .expect("deleting again succeeds");
+    assert!(store.remote_pools("t1").await.expect("list").is_empty());
+    assert_eq!(store.remote_pools("t2").await.expect("list").len(), 1);
+}
+
 /// `versions` lists what is stored, per tenant.
 pub async fn lists_versions<S: Store>(store: &S) {
     let a = busy_subnet("10.8.0.0/24", &[""]);
@@ -266,6 +296,11 @@ macro_rules! conformance_tests {
         #[tokio::test]
         async fn lists_versions() {
             crate::store::conformance::lists_versions(&$fresh).await;
+        }
+
+        #[tokio::test]
+        async fn records_remote_pools() {
+            crate::store::conformance::records_remote_pools(&$fresh).await;
         }
     };
 }
@@ -345,5 +380,10 @@ mod postgres {
     #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
     async fn lists_versions(pool: PgPool) {
         super::lists_versions(&store(pool)).await;
+    }
+
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+    async fn records_remote_pools(pool: PgPool) {
+        super::records_remote_pools(&store(pool)).await;
     }
 }

@@ -19,6 +19,8 @@ type Row = (u64, Vec<u8>, Vec<String>);
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rows: Mutex<BTreeMap<Key, Row>>,
+    // (tenant, pool id) → remote pool id.
+    remote: Mutex<BTreeMap<(String, String), String>>,
 }
 
 impl MemoryStore {
@@ -26,6 +28,11 @@ impl MemoryStore {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn remote(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), String>> {
+        // One insert or remove per change: a poisoned map is still consistent.
+        self.remote.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn rows(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Row>> {
@@ -138,6 +145,34 @@ impl Store for MemoryStore {
                 Ok(())
             }
         }
+    }
+
+    async fn put_remote_pool(
+        &self,
+        tenant: &str,
+        pool_id: &str,
+        remote_id: &str,
+    ) -> Result<(), Error> {
+        self.remote().insert(
+            (tenant.to_owned(), pool_id.to_owned()),
+            remote_id.to_owned(),
+        );
+        Ok(())
+    }
+
+    async fn delete_remote_pool(&self, tenant: &str, pool_id: &str) -> Result<(), Error> {
+        self.remote()
+            .remove(&(tenant.to_owned(), pool_id.to_owned()));
+        Ok(())
+    }
+
+    async fn remote_pools(&self, tenant: &str) -> Result<Vec<(String, String)>, Error> {
+        Ok(self
+            .remote()
+            .iter()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|((_, id), remote)| (id.clone(), remote.clone()))
+            .collect())
     }
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {

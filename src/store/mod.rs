@@ -138,6 +138,21 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Records that pool `pool_id` is `remote_id` in the remote plugin serving it (replacing
+    /// an earlier record of the same pool).
+    async fn put_remote_pool(
+        &self,
+        tenant: &str,
+        pool_id: &str,
+        remote_id: &str,
+    ) -> Result<(), Error>;
+
+    /// Forgets a remote pool (forgetting an unknown one succeeds).
+    async fn delete_remote_pool(&self, tenant: &str, pool_id: &str) -> Result<(), Error>;
+
+    /// Lists the remote pools of a tenant: (allot's pool id, the plugin's pool id).
+    async fn remote_pools(&self, tenant: &str) -> Result<Vec<(String, String)>, Error>;
+
     /// Lists the stored version of every subnet of a tenant (for a resync after missed
     /// events).
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error>;

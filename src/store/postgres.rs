@@ -650,6 +650,52 @@ impl Store for PgStore {
         .await
     }
 
+    async fn put_remote_pool(
+        &self,
+        tenant: &str,
+        pool_id: &str,
+        remote_id: &str,
+    ) -> Result<(), Error> {
+        self.timed(async {
+            sqlx::query(
+                "INSERT INTO remote_pools (tenant, pool_id, remote_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, pool_id) DO UPDATE SET remote_id = excluded.remote_id",
+            )
+            .bind(tenant)
+            .bind(pool_id)
+            .bind(remote_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_remote_pool(&self, tenant: &str, pool_id: &str) -> Result<(), Error> {
+        self.timed(async {
+            sqlx::query("DELETE FROM remote_pools WHERE tenant = $1 AND pool_id = $2")
+                .bind(tenant)
+                .bind(pool_id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remote_pools(&self, tenant: &str) -> Result<Vec<(String, String)>, Error> {
+        self.timed(async {
+            sqlx::query_as("SELECT pool_id, remote_id FROM remote_pools WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))
+        })
+        .await
+    }
+
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let rows: Vec<(String, String, i64)> = self
             .timed(async {

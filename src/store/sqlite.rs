@@ -288,6 +288,43 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn put_remote_pool(
+        &self,
+        tenant: &str,
+        pool_id: &str,
+        remote_id: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO remote_pools (tenant, pool_id, remote_id) VALUES (?, ?, ?) \
+             ON CONFLICT (tenant, pool_id) DO UPDATE SET remote_id = excluded.remote_id",
+        )
+        .bind(tenant)
+        .bind(pool_id)
+        .bind(remote_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_err(e, "", ""))?;
+        Ok(())
+    }
+
+    async fn delete_remote_pool(&self, tenant: &str, pool_id: &str) -> Result<(), Error> {
+        sqlx::query("DELETE FROM remote_pools WHERE tenant = ? AND pool_id = ?")
+            .bind(tenant)
+            .bind(pool_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+        Ok(())
+    }
+
+    async fn remote_pools(&self, tenant: &str) -> Result<Vec<(String, String)>, Error> {
+        sqlx::query_as("SELECT pool_id, remote_id FROM remote_pools WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, "", ""))
+    }
+
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let rows: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT space, subnet, version FROM subnets WHERE tenant = ?")
