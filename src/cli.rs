@@ -136,7 +136,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stderr,
     );
     let store = startup::open_store(&args.database).await?;
-    let ipam = startup::driver(store, args.default_pools()).await?;
+    let ipam = startup::drivers(store, args.default_pools(), &args.address_spaces).await?;
     let listener = startup::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     if args.database.database_url == "memory:" {

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use ipnet::IpNet;
 
 use crate::engine::{DefaultPool, GLOBAL_SPACE, LOCAL_SPACE};
+use crate::ipam::Endpoint;
 
 /// `allot serve` settings.
 #[derive(Debug, Clone, Args)]
@@ -24,6 +25,19 @@ pub struct ServeArgs {
     /// connections still open, e.g. `10s`, `500ms`.
     #[arg(long, env = "ALLOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// An address space served by another driver than the built-in one:
+    /// `space=NAME,driver=null`, or `space=NAME,driver=remote,endpoint=ENDPOINT[,remote-space=NAME][,timeout=10s]`
+    /// for a remote IPAM plugin at `unix:///PATH` or `http://HOST:PORT` (its pools are
+    /// tracked, so their utilization is known). Repeat for several; in ALLOT_ADDRESS_SPACES
+    /// separate them with `;`. Docker's `null` space is served by the null driver unless given.
+    #[arg(
+        long = "address-space",
+        env = "ALLOT_ADDRESS_SPACES",
+        value_delimiter = ';',
+        value_parser = parse_address_space
+    )]
+    pub address_spaces: Vec<(String, DriverSpec)>,
 
     /// Also serve Docker's remote IPAM plugin protocol on this unix socket, e.g.
     /// `/run/docker/plugins/allot.sock` (then `docker network create --ipam-driver allot`).
@@ -81,6 +95,67 @@ pub fn redact(url: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
     }
+}
+
+/// Which driver serves an address space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverSpec {
+    Builtin,
+    Null,
+    Remote {
+        endpoint: Endpoint,
+        remote_space: Option<String>,
+        timeout: Duration,
+    },
+}
+
+/// How long a remote plugin may take to answer, unless `timeout=` says otherwise.
+const REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Parses `space=NAME,driver=builtin|null|remote[,endpoint=…][,remote-space=NAME][,timeout=D]`.
+fn parse_address_space(input: &str) -> Result<(String, DriverSpec), String> {
+    let (mut space, mut driver, mut endpoint, mut remote_space, mut timeout) =
+        (None, None, None, None, REMOTE_TIMEOUT);
+    for part in input.split(',') {
+        match part.trim().split_once('=') {
+            Some(("space", v)) => {
+                crate::engine::pool::check_space_name(v).map_err(|e| e.to_string())?;
+                space = Some(v.to_owned());
+            }
+            Some(("driver", v)) => driver = Some(v.to_owned()),
+            Some(("endpoint", v)) => endpoint = Some(Endpoint::parse(v)?),
+            Some(("remote-space", v)) => remote_space = Some(v.to_owned()),
+            Some(("timeout", v)) => timeout = parse_duration(v)?,
+            _ => {
+                return Err(format!(
+                    "expected space=NAME,driver=builtin|null|remote[,endpoint=…], got {input:?}"
+                ));
+            }
+        }
+    }
+    let space = space.ok_or_else(|| format!("{input:?} needs space="))?;
+    let spec = match (driver.as_deref(), endpoint) {
+        (Some("builtin"), None) => DriverSpec::Builtin,
+        (Some("null"), None) => DriverSpec::Null,
+        (Some("remote"), Some(endpoint)) => DriverSpec::Remote {
+            endpoint,
+            remote_space,
+            timeout,
+        },
+        (Some("remote"), None) => {
+            return Err(format!("{input:?}: a remote driver needs endpoint="));
+        }
+        (Some("builtin" | "null"), Some(_)) => {
+            return Err(format!("{input:?}: only a remote driver takes endpoint="));
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "{input:?}: unknown driver {other:?} (builtin, null or remote)"
+            ));
+        }
+        (None, _) => return Err(format!("{input:?} needs driver=")),
+    };
+    Ok((space, spec))
 }
 
 /// How logs are written (to stderr).
@@ -166,6 +241,39 @@ fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn address_spaces_parse_with_clear_errors() {
+        assert_eq!(
+            parse_address_space("space=none,driver=null"),
+            Ok(("none".to_owned(), DriverSpec::Null))
+        );
+        assert_eq!(
+            parse_address_space(
+                "space=far,driver=remote,endpoint=unix:///run/x.sock,remote-space=local,timeout=2s"
+            ),
+            Ok((
+                "far".to_owned(),
+                DriverSpec::Remote {
+                    endpoint: Endpoint::Unix("/run/x.sock".into()),
+                    remote_space: Some("local".into()),
+                    timeout: Duration::from_secs(2),
+                }
+            ))
+        );
+        for bad in [
+            "",
+            "space=far",
+            "driver=null",
+            "space=far,driver=remote",
+            "space=far,driver=null,endpoint=/x.sock",
+            "space=far,driver=magic",
+            "space=far,driver=remote,endpoint=ftp://x",
+            "space=a/b,driver=null",
+        ] {
+            assert!(parse_address_space(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -15,8 +15,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::api::IpamApi;
 use crate::config::DatabaseArgs;
+use crate::config::DriverSpec;
 use crate::engine::DefaultPool;
-use crate::ipam::{Builtin, Ipam, NULL_SPACE, Null, Router};
+use crate::ipam::{Builtin, Ipam, NULL_SPACE, Null, Remote, Router, Tracked};
 use crate::proto::pb;
 use crate::proto::pb::ipam_service_server::IpamServiceServer;
 use crate::store::{DEFAULT_TENANT, MemoryStore, PgStore, SqliteStore, Store};
@@ -55,11 +56,63 @@ pub async fn driver(
     store: Arc<dyn Store>,
     defaults: BTreeMap<String, Vec<DefaultPool>>,
 ) -> anyhow::Result<Arc<dyn Ipam>> {
+    drivers(store, defaults, &[]).await
+}
+
+/// Loads every driver: the built-in one over `store` for every address space not routed
+/// elsewhere, the null driver for Docker's `null` space (unless `routes` says otherwise), and
+/// the drivers `routes` names, each remote plugin wrapped in a tracking record of its own.
+///
+/// # Errors
+/// The store cannot be read or holds corrupt data, or a remote plugin cannot be reached.
+pub async fn drivers(
+    store: Arc<dyn Store>,
+    mut defaults: BTreeMap<String, Vec<DefaultPool>>,
+    routes: &[(String, DriverSpec)],
+) -> anyhow::Result<Arc<dyn Ipam>> {
+    let null: Arc<dyn Ipam> = Arc::new(Null::new());
+    let mut spaces: BTreeMap<String, Arc<dyn Ipam>> =
+        BTreeMap::from([(NULL_SPACE.to_owned(), Arc::clone(&null))]);
+    for (space, spec) in routes {
+        match spec {
+            DriverSpec::Builtin => {
+                spaces.remove(space);
+                defaults.entry(space.clone()).or_default();
+            }
+            DriverSpec::Null => {
+                spaces.insert(space.clone(), Arc::clone(&null));
+            }
+            DriverSpec::Remote {
+                endpoint,
+                remote_space,
+                timeout,
+            } => {
+                // The plugin's pool ids and the tracking record live under a tenant of their own.
+                let tenant = format!("{DEFAULT_TENANT}+remote:{space}");
+                let remote = Remote::connect(
+                    endpoint.clone(),
+                    remote_space.clone(),
+                    *timeout,
+                    Arc::clone(&store),
+                    &tenant,
+                )
+                .await
+                .with_context(|| format!("address space {space}: remote plugin {endpoint}"))?;
+                let record = Builtin::load(
+                    Arc::clone(&store),
+                    &tenant,
+                    BTreeMap::from([(space.clone(), Vec::new())]),
+                )
+                .await
+                .with_context(|| format!("address space {space}: loading the tracking record"))?;
+                let tracked: Arc<dyn Ipam> = Arc::new(Tracked::new(Arc::new(remote), record));
+                spaces.insert(space.clone(), tracked);
+            }
+        }
+    }
     let builtin = Builtin::load(store, DEFAULT_TENANT, defaults)
         .await
         .context("loading subnets from the store")?;
-    let null: Arc<dyn Ipam> = Arc::new(Null::new());
-    let spaces = BTreeMap::from([(NULL_SPACE.to_owned(), null)]);
     Ok(Arc::new(Router::new(Arc::new(builtin), spaces)))
 }
 

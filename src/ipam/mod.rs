@@ -2,12 +2,16 @@
 //! reaches drivers only through [`Ipam`]; it never calls into a driver's internals.
 //!
 //! Drivers: [`Builtin`] (the engine, an in-memory cache of every subnet, and a store),
-//! [`Null`] (Docker's null IPAM: pools without addresses). [`Router`] serves each address
-//! space with the driver configured for it, and is itself an [`Ipam`].
+//! [`Null`] (Docker's null IPAM: pools without addresses), [`Remote`] (a client of a remote
+//! libnetwork IPAM plugin), and [`Tracked`], which records what passes through a driver that
+//! cannot count. [`Router`] serves each address space with the driver configured for it, and
+//! is itself an [`Ipam`].
 
 mod builtin;
 mod null;
+pub mod remote;
 mod router;
+mod tracked;
 
 use std::net::IpAddr;
 
@@ -19,7 +23,9 @@ use crate::store;
 
 pub use builtin::Builtin;
 pub use null::{NULL_SPACE, Null};
+pub use remote::{Endpoint, Remote};
 pub use router::Router;
+pub use tracked::Tracked;
 
 /// What a driver needs from its callers (Docker's `GetCapabilities`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -60,7 +60,7 @@ impl Router {
 }
 
 /// A pool's state when its driver failed. Internal details stay in the log.
-fn failed(id: &PoolId, driver: &str, err: &Error) -> PoolState {
+pub(super) fn failed(id: &PoolId, driver: &str, err: &Error) -> PoolState {
     let message = if err.kind() == Kind::Internal {
         tracing::error!(pool_id = %id, driver, error = %err, "utilization failed");
         "internal error (details are in the server log)".to_owned()

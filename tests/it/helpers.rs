@@ -465,3 +465,14 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Waits until a unix socket accepts connections.
+pub async fn wait_for_socket(socket: &Path) {
+    for _ in 0..200 {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("the plugin socket {} never came up", socket.display());
+}

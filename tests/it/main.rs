@@ -12,5 +12,6 @@ mod grpcurl;
 mod helpers;
 mod outage;
 mod plugin;
+mod remote;
 mod replicas;
 mod semantics;

@@ -250,13 +250,3 @@ async fn docker_creates_networks_on_allot_and_their_utilization_shows() {
     );
     assert_eq!(listed[0].pool_id, a["PoolID"].as_str().unwrap());
 }
-
-async fn wait_for_socket(socket: &Path) {
-    for _ in 0..200 {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    panic!("the plugin socket {} never came up", socket.display());
-}

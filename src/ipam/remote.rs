@@ -1,0 +1,408 @@
+//! The `remote` driver: a client of libnetwork's remote IPAM plugin protocol (HTTP/1.1 `POST`s
+//! with JSON bodies, over a unix socket or TCP), so allot can front Kuryr-, Infoblox- or
+//! Weave-style plugins. It cannot count, so it is always wrapped in [`Tracked`](super::Tracked).
+//!
+//! allot names a remote pool like any other, `<space>/<subnet>[/<sub-pool>]`, and keeps the
+//! plugin's own (opaque) pool id beside it in the store, so a restart loses neither.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::RwLock;
+
+use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found};
+use crate::engine::{
+    AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION,
+    SubnetSpec,
+};
+use crate::store::Store;
+
+/// The content type of the protocol.
+const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+
+/// Largest answer taken from a plugin.
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// Where a plugin listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp(String),
+}
+
+impl Endpoint {
+    /// Parses `unix:///run/docker/plugins/x.sock`, a plain socket path, or `http://host:port`
+    /// (`tcp://host:port`).
+    ///
+    /// # Errors
+    /// A message for anything else.
+    pub fn parse(input: &str) -> Result<Self, String> {
+        if let Some(path) = input.strip_prefix("unix://") {
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if input.starts_with('/') {
+            return Ok(Self::Unix(PathBuf::from(input)));
+        }
+        for scheme in ["http://", "tcp://"] {
+            if let Some(host) = input.strip_prefix(scheme) {
+                let host = host.trim_end_matches('/');
+                if !host.is_empty() && !host.contains('/') {
+                    return Ok(Self::Tcp(host.to_owned()));
+                }
+            }
+        }
+        Err(format!(
+            "plugin endpoint {input:?}: expected unix:///PATH, /PATH or http://HOST:PORT"
+        ))
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix://{}", p.display()),
+            Self::Tcp(h) => write!(f, "http://{h}"),
+        }
+    }
+}
+
+/// A remote IPAM plugin, and the pools allot holds there.
+pub struct Remote {
+    endpoint: Endpoint,
+    timeout: Duration,
+    // The plugin's address space for allot's pools (its local default unless configured).
+    remote_space: String,
+    capabilities: Capabilities,
+    store: Arc<dyn Store>,
+    // The tenant under which the plugin's pool ids are stored.
+    tenant: String,
+    // Invariant: the pools allot holds at the plugin, with the plugin's ids (as stored).
+    pools: RwLock<BTreeMap<PoolId, String>>,
+}
+
+fn unavailable(endpoint: &Endpoint, what: impl std::fmt::Display) -> Error {
+    Error::Driver {
+        driver: "remote".into(),
+        kind: Kind::Unavailable,
+        message: format!("plugin at {endpoint}: {what}"),
+    }
+}
+
+/// A plugin's refusal, in its own words. The protocol carries no error classes.
+fn refused(endpoint: &Endpoint, message: &str) -> Error {
+    Error::Driver {
+        driver: "remote".into(),
+        kind: Kind::FailedPrecondition,
+        message: format!("plugin at {endpoint} refused: {message}"),
+    }
+}
+
+impl Remote {
+    /// Connects to the plugin at `endpoint` (activation handshake, capabilities, default
+    /// address spaces) and loads the pools allot holds there from `store`.
+    ///
+    /// # Errors
+    /// `Unavailable` when the plugin cannot be reached or is not an IPAM driver.
+    pub async fn connect(
+        endpoint: Endpoint,
+        remote_space: Option<String>,
+        timeout: Duration,
+        store: Arc<dyn Store>,
+        tenant: &str,
+    ) -> Result<Self, Error> {
+        let mut remote = Self {
+            endpoint,
+            timeout,
+            remote_space: String::new(),
+            capabilities: Capabilities::default(),
+            store,
+            tenant: tenant.to_owned(),
+            pools: RwLock::new(BTreeMap::new()),
+        };
+        let activated = remote.call("/Plugin.Activate", None).await?;
+        let implements = activated["Implements"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !implements.iter().any(|i| i == "IpamDriver") {
+            return Err(unavailable(
+                &remote.endpoint,
+                format!("not an IPAM driver (it implements {implements:?})"),
+            ));
+        }
+        // Optional for a plugin: a 404 means no capabilities.
+        if let Ok(caps) = remote.call("/IpamDriver.GetCapabilities", None).await {
+            remote.capabilities = Capabilities {
+                requires_mac_address: caps["RequiresMACAddress"].as_bool().unwrap_or(false),
+                requires_request_replay: caps["RequiresRequestReplay"].as_bool().unwrap_or(false),
+            };
+        }
+        remote.remote_space = match remote_space {
+            Some(space) => space,
+            None => {
+                let spaces = remote
+                    .call("/IpamDriver.GetDefaultAddressSpaces", None)
+                    .await?;
+                spaces["LocalDefaultAddressSpace"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            }
+        };
+        let mut pools = BTreeMap::new();
+        for (id, remote_id) in remote.store.remote_pools(&remote.tenant).await? {
+            match id.parse::<PoolId>() {
+                Ok(id) => {
+                    pools.insert(id, remote_id);
+                }
+                Err(e) => tracing::warn!(pool_id = id, error = %e, "ignoring a stored remote pool"),
+            }
+        }
+        *remote.pools.get_mut() = pools;
+        Ok(remote)
+    }
+
+    /// Opens a connection to the plugin.
+    async fn open(&self) -> Result<Box<dyn Io>, Error> {
+        let io: Box<dyn Io> = match &self.endpoint {
+            Endpoint::Unix(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|e| unavailable(&self.endpoint, e))?,
+            ),
+            Endpoint::Tcp(host) => Box::new(
+                tokio::net::TcpStream::connect(host)
+                    .await
+                    .map_err(|e| unavailable(&self.endpoint, e))?,
+            ),
+        };
+        Ok(io)
+    }
+
+    /// Calls one endpoint; returns the answer, or the plugin's error.
+    async fn call(&self, path: &str, body: Option<Value>) -> Result<Value, Error> {
+        let call = async {
+            let io = self.open().await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+                .await
+                .map_err(|e| unavailable(&self.endpoint, e))?;
+            tokio::spawn(conn);
+            let body = body.map(|b| format!("{b}\n")).unwrap_or_default();
+            let req = hyper::Request::post(path)
+                .header("Host", "plugin")
+                .header("Accept", CONTENT_TYPE)
+                .header("Content-Type", CONTENT_TYPE)
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| unavailable(&self.endpoint, e))?;
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| unavailable(&self.endpoint, e))?
+                .to_bytes();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if !status.is_success() {
+                let message = answer["Err"]
+                    .as_str()
+                    .map_or_else(|| format!("HTTP {status}"), str::to_owned);
+                return Err(refused(&self.endpoint, &message));
+            }
+            match answer["Error"].as_str() {
+                Some(message) if !message.is_empty() => Err(refused(&self.endpoint, message)),
+                _ => Ok(answer),
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(unavailable(
+                &self.endpoint,
+                format!("no answer to {path} within {:?}", self.timeout),
+            )),
+        }
+    }
+
+    async fn remote_id(&self, id: &PoolId) -> Result<String, Error> {
+        self.pools
+            .read()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
+    }
+}
+
+/// A connection to a plugin, over a unix socket or TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+#[async_trait]
+impl Ipam for Remote {
+    fn name(&self) -> &str {
+        "remote"
+    }
+
+    fn default_address_spaces(&self) -> (String, String) {
+        (self.remote_space.clone(), self.remote_space.clone())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
+        let (pool, v6) = match req.subnet {
+            SubnetSpec::Exact(net) => (net.to_string(), matches!(net, IpNet::V6(_))),
+            SubnetSpec::Dynamic {
+                v6,
+                prefix_len: Some(len),
+            } => (
+                if v6 {
+                    format!("::/{len}")
+                } else {
+                    format!("0.0.0.0/{len}")
+                },
+                v6,
+            ),
+            SubnetSpec::Dynamic {
+                v6,
+                prefix_len: None,
+            } => (String::new(), v6),
+        };
+        let sub_pool = req.sub_pool.map(|p| p.to_string()).unwrap_or_default();
+        let answer = self
+            .call(
+                "/IpamDriver.RequestPool",
+                Some(json!({
+                    "AddressSpace": self.remote_space,
+                    "Pool": pool,
+                    "SubPool": sub_pool,
+                    "Options": {},
+                    "V6": v6,
+                })),
+            )
+            .await?;
+        let remote_id = answer["PoolID"].as_str().unwrap_or_default().to_owned();
+        let subnet: IpNet = answer["Pool"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| refused(&self.endpoint, &format!("RequestPool answered {answer}")))?;
+        if remote_id.is_empty() {
+            return Err(refused(&self.endpoint, "RequestPool answered no PoolID"));
+        }
+        let id = PoolId::new(space, subnet.trunc(), req.sub_pool)?;
+        self.store
+            .put_remote_pool(&self.tenant, &id.to_string(), &remote_id)
+            .await?;
+        self.pools.write().await.insert(id.clone(), remote_id);
+        Ok(id)
+    }
+
+    async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
+        let remote_id = self.remote_id(id).await?;
+        self.call(
+            "/IpamDriver.ReleasePool",
+            Some(json!({ "PoolID": remote_id })),
+        )
+        .await?;
+        self.store
+            .delete_remote_pool(&self.tenant, &id.to_string())
+            .await?;
+        self.pools.write().await.remove(id);
+        Ok(())
+    }
+
+    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
+        Ok(self
+            .pools
+            .read()
+            .await
+            .keys()
+            .filter(|id| space.is_none_or(|s| id.space() == s))
+            .cloned()
+            .collect())
+    }
+
+    async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
+        let remote_id = self.remote_id(id).await?;
+        let mut options = HashMap::new();
+        if req.serial {
+            options.insert(SERIAL_OPTION, "true");
+        }
+        if req.gateway {
+            options.insert(REQUEST_ADDRESS_TYPE, GATEWAY_ADDRESS_TYPE);
+        }
+        let answer = self
+            .call(
+                "/IpamDriver.RequestAddress",
+                Some(json!({
+                    "PoolID": remote_id,
+                    "Address": req.address.map(|a| a.to_string()).unwrap_or_default(),
+                    "Options": options,
+                })),
+            )
+            .await?;
+        let address = answer["Address"].as_str().unwrap_or_default();
+        address.parse::<IpNet>().map_err(|_| {
+            refused(
+                &self.endpoint,
+                &format!("RequestAddress answered {address:?}, not an address with its prefix"),
+            )
+        })
+    }
+
+    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
+        let remote_id = self.remote_id(id).await?;
+        self.call(
+            "/IpamDriver.ReleaseAddress",
+            Some(json!({ "PoolID": remote_id, "Address": address.to_string() })),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn utilization(&self, _ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
+        Err(Error::Driver {
+            driver: "remote".into(),
+            kind: Kind::FailedPrecondition,
+            message: "the plugin protocol has no utilization: track the driver".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("unix:///run/docker/plugins/x.sock"),
+            Ok(Endpoint::Unix("/run/docker/plugins/x.sock".into()))
+        );
+        assert_eq!(
+            Endpoint::parse("/tmp/x.sock"),
+            Ok(Endpoint::Unix("/tmp/x.sock".into()))
+        );
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:8080/"),
+            Ok(Endpoint::Tcp("127.0.0.1:8080".into()))
+        );
+        for bad in ["", "x.sock", "http://", "http://a/b", "ftp://host"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
