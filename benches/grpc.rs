@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status};
 
 mod loadgen;
 
+use allot::startup;
 use loadgen::{Client, Stats, clients as connect, load as load_on, row, start_allot};
 
 const CONNECTIONS: usize = 4;
@@ -238,5 +239,61 @@ async fn main() {
         &pairs,
         "pair",
     );
+
+    // The remote driver: allot in front of a plugin (a second allot driver, memory store,
+    // serving the plugin protocol on a unix socket in this process), against the built-in
+    // driver on the same memory store. One request in flight gives the per-request overhead.
+    let socket = dir.join("plugin.sock");
+    let plugin_ipam = loadgen::driver(Arc::new(MemoryStore::new())).await;
+    let listener = allot::api::plugin::bind(&socket).unwrap();
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(allot::api::plugin::serve(
+        listener,
+        socket.clone(),
+        plugin_ipam,
+        stopping,
+    ));
+    let route = (
+        "far".to_owned(),
+        allot::config::DriverSpec::Remote {
+            endpoint: allot::ipam::Endpoint::Unix(socket.clone()),
+            remote_space: None,
+            timeout: Duration::from_secs(10),
+        },
+    );
+    let front = startup::drivers(
+        Arc::new(MemoryStore::new()),
+        [(LOCAL_SPACE.to_owned(), Vec::new())].into(),
+        &[route],
+    )
+    .await
+    .unwrap();
+    let addr = loadgen::serve(front).await;
+    let mut cs = clients(addr).await;
+    let remote_id = cs[0]
+        .request_pool(pb::RequestPoolRequest {
+            address_space: "far".into(),
+            pool: "10.200.0.0/16".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pool_id;
+    let builtin_ids = make_pools(&mut cs[0], 1).await;
+    for (what, id) in [("built-in", &builtin_ids[0]), ("remote", &remote_id)] {
+        let one = load_on(&cs[..1], 1, (warmup, run), pair_op(vec![id.clone()])).await;
+        row(
+            &format!("RequestAddress+ReleaseAddress, {what} driver, 1 pool, 1 in flight"),
+            &one,
+            "pair",
+        );
+        let many = load(&cs, warmup, run, pair_op(vec![id.clone()])).await;
+        row(
+            &format!("RequestAddress+ReleaseAddress, {what} driver, 1 pool, 64 in flight"),
+            &many,
+            "pair",
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
