@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Capabilities, Error, Ipam, PoolState, Source, not_found};
+use super::{named_or_all, Capabilities, Error, Ipam, PoolState, Source, not_found};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,
@@ -784,15 +784,9 @@ impl Ipam for Builtin {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let all;
-        let ids = if ids.is_empty() {
-            all = self.list_pools(None).await?;
-            &all
-        } else {
-            ids
-        };
+        let ids = named_or_all(self, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        for id in &*ids {
             let subnet = self.cell(id).await?.view();
             if !subnet.has_pool(id.sub_pool()) {
                 return Err(not_found(id));

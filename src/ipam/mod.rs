@@ -172,6 +172,18 @@ impl Error {
     }
 }
 
+/// The pools a utilization call is about: those named, or every pool of `driver`.
+async fn named_or_all<'a, D: Ipam + ?Sized>(
+    driver: &D,
+    ids: &'a [PoolId],
+) -> Result<std::borrow::Cow<'a, [PoolId]>, Error> {
+    if ids.is_empty() {
+        Ok(driver.list_pools(None).await?.into())
+    } else {
+        Ok(ids.into())
+    }
+}
+
 fn not_found(id: &PoolId) -> Error {
     Error::Engine(engine::Error::PoolNotFound {
         pool_id: id.to_string(),

@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, PoolState, Source, not_found};
+use super::{named_or_all, Capabilities, Error, Ipam, Kind, PoolState, Source, not_found};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
 
 /// Docker's name for the null driver's address space.
@@ -135,15 +135,9 @@ impl Ipam for Null {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let all;
-        let ids = if ids.is_empty() {
-            all = self.list_pools(None).await?;
-            &all
-        } else {
-            ids
-        };
+        let ids = named_or_all(self, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        for id in &*ids {
             self.check(id)?;
             out.push(PoolState {
                 id: id.clone(),

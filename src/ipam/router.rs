@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, PoolError, PoolState, Source};
+use super::{named_or_all, Capabilities, Error, Ipam, Kind, PoolError, PoolState, Source};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -129,13 +129,7 @@ impl Ipam for Router {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let all;
-        let ids = if ids.is_empty() {
-            all = self.list_pools(None).await?;
-            &all
-        } else {
-            ids
-        };
+        let ids = named_or_all(self, ids).await?;
         // Each driver is asked once, for its pools; answers go back in the order asked.
         let mut out: Vec<Option<PoolState>> = vec![None; ids.len()];
         for (i, driver) in self.drivers.iter().enumerate() {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source, router};
+use super::{named_or_all, Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source, router};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec};
 
 /// A driver, and the record of what passed through it.
@@ -101,15 +101,9 @@ impl Ipam for Tracked {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let all;
-        let ids = if ids.is_empty() {
-            all = self.list_pools(None).await?;
-            &all
-        } else {
-            ids
-        };
+        let ids = named_or_all(self, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        for id in &*ids {
             let state = match self.record.utilization(std::slice::from_ref(id)).await {
                 Ok(mut states) if states.len() == 1 => {
                     let mut state = states.remove(0);
