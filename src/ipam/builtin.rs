@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{named_or_all, Capabilities, Error, Ipam, PoolState, Source, not_found};
+use super::{Capabilities, Error, Ipam, PoolState, Source, named_or_all, not_found};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,

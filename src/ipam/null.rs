@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{named_or_all, Capabilities, Error, Ipam, Kind, PoolState, Source, not_found};
+use super::{Capabilities, Error, Ipam, Kind, PoolState, Source, named_or_all, not_found};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
 
 /// Docker's name for the null driver's address space.

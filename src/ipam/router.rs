@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{named_or_all, Capabilities, Error, Ipam, Kind, PoolError, PoolState, Source};
+use super::{Capabilities, Error, Ipam, Kind, PoolError, PoolState, Source, named_or_all};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{named_or_all, Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source, router};
+use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source, named_or_all, router};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec};
 
 /// A driver, and the record of what passed through it.
