@@ -11,7 +11,7 @@ use crate::engine::{
     self, AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE,
     SERIAL_OPTION, Utilization, saturating_u64,
 };
-use crate::ipam::{PoolState, Source};
+use crate::ipam::{Options, PoolState, Source};
 
 /// Code generated from `proto/ipam/v1/ipam.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -22,21 +22,22 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ipam_descriptor");
 }
 
-/// Checks a `RequestPool`: its address space and the pool request proper.
+/// Checks a `RequestPool`: its address space, the pool request proper, and the options for
+/// the driver.
 ///
 /// # Errors
-/// `InvalidAddressSpace`, `InvalidPrefix`, `InvalidSubPool` or `InvalidOption`.
-pub fn pool_request(req: &pb::RequestPoolRequest) -> Result<(String, PoolRequest), engine::Error> {
+/// `InvalidAddressSpace`, `InvalidPrefix` or `InvalidSubPool`.
+pub fn pool_request(
+    req: &pb::RequestPoolRequest,
+) -> Result<(String, PoolRequest, Options), engine::Error> {
     engine::pool::check_space_name(&req.address_space)?;
-    if let Some((key, value)) = req.options.iter().next() {
-        return Err(engine::Error::InvalidOption {
-            key: shown(key),
-            value: shown(value),
-            reason: "the built-in driver takes no pool options",
-        });
-    }
     let pool = PoolRequest::parse(&req.pool, &req.sub_pool, req.v6)?;
-    Ok((req.address_space.clone(), pool))
+    let options = req
+        .options
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((req.address_space.clone(), pool, options))
 }
 
 /// Parses a pool id.
@@ -70,15 +71,18 @@ pub fn address(pool: &PoolId, input: &str) -> Result<IpAddr, engine::Error> {
         .map_err(|_| invalid("not an IP address"))
 }
 
-/// Checks a `RequestAddress`: the address wanted, if any, and Docker's options.
+/// Checks a `RequestAddress`: the address wanted, if any, and Docker's options. Options allot
+/// does not read itself are returned for the driver (which refuses them unless it takes
+/// them).
 ///
 /// # Errors
-/// `InvalidAddress` or `InvalidOption`.
+/// `InvalidAddress`, or `InvalidOption` for a bad value of a known option.
 pub fn address_request(
     pool: &PoolId,
     address: &str,
     options: &HashMap<String, String>,
-) -> Result<AddressRequest, engine::Error> {
+) -> Result<(AddressRequest, Options), engine::Error> {
+    let mut extra = Options::new();
     let mut req = AddressRequest::default();
     if !address.is_empty() {
         req.address = Some(self::address(pool, address)?);
@@ -105,10 +109,12 @@ pub fn address_request(
                 }
                 req.gateway = true;
             }
-            _ => return Err(invalid("unknown option")),
+            _ => {
+                extra.insert(key.clone(), value.clone());
+            }
         }
     }
-    Ok(req)
+    Ok((req, extra))
 }
 
 /// Describes a pool for `ListPools`.

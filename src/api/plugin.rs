@@ -164,7 +164,8 @@ async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure
             let b: AddressBody = parse(body)?;
             let id = proto::pool_id(&b.pool_id)?;
             let options = known_address_options(b.options);
-            let req = proto::address_request(&id, &b.address, &options)?;
+            // Only the options allot reads itself are kept, as Docker's own driver does.
+            let (req, _) = proto::address_request(&id, &b.address, &options)?;
             let address = ipam.request_address(&id, &req).await?;
             if options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE) {
                 tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");

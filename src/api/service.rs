@@ -63,10 +63,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::RequestPoolRequest>,
     ) -> Result<Response<pb::RequestPoolResponse>, Status> {
-        let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
+        let (space, req, options) = proto::pool_request(request.get_ref()).map_err(invalid)?;
         let id = self
             .ipam
-            .request_pool(&space, &req)
+            .request_pool_with(&space, &req, &options)
             .await
             .map_err(|e| status(&e))?;
         Span::current().record("pool_id", field::display(&id));
@@ -111,10 +111,11 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     ) -> Result<Response<pb::RequestAddressResponse>, Status> {
         let r = request.get_ref();
         let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-        let req = proto::address_request(&id, &r.address, &r.options).map_err(invalid)?;
+        let (req, options) =
+            proto::address_request(&id, &r.address, &r.options).map_err(invalid)?;
         let address = self
             .ipam
-            .request_address(&id, &req)
+            .request_address_with(&id, &req, &options)
             .await
             .map_err(|e| status(&e))?;
         Span::current().record("address", field::display(&address));

@@ -27,6 +27,21 @@ pub use remote::{Endpoint, Remote};
 pub use router::Router;
 pub use tracked::Tracked;
 
+/// Options for a driver, beyond what allot reads itself (Docker's `Options` maps).
+pub type Options = std::collections::BTreeMap<String, String>;
+
+/// Refuses options, for a driver that takes none.
+fn refuse_options(options: &Options) -> Result<(), Error> {
+    match options.iter().next() {
+        Some((key, value)) => Err(Error::Engine(engine::Error::InvalidOption {
+            key: engine::error::shown(key),
+            value: engine::error::shown(value),
+            reason: "unknown option (this driver takes none)",
+        })),
+        None => Ok(()),
+    }
+}
+
 /// What a driver needs from its callers (Docker's `GetCapabilities`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
@@ -75,6 +90,18 @@ pub trait Ipam: Send + Sync + 'static {
     /// Creates a pool in `space`.
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error>;
 
+    /// Creates a pool in `space`, passing `options` (Docker's `--ipam-opt`) to the driver. A
+    /// driver that takes no options refuses any (`InvalidOption`).
+    async fn request_pool_with(
+        &self,
+        space: &str,
+        req: &PoolRequest,
+        options: &Options,
+    ) -> Result<PoolId, Error> {
+        refuse_options(options)?;
+        self.request_pool(space, req).await
+    }
+
     /// Deletes a pool (its subnet goes with its last pool).
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error>;
 
@@ -83,6 +110,19 @@ pub trait Ipam: Send + Sync + 'static {
 
     /// Allocates an address; returns it with the subnet's prefix length.
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error>;
+
+    /// Allocates an address, passing `options` beyond the ones allot reads itself (serial,
+    /// gateway) to the driver, e.g. an endpoint's MAC address. A driver that takes no options
+    /// refuses any (`InvalidOption`).
+    async fn request_address_with(
+        &self,
+        id: &PoolId,
+        req: &AddressRequest,
+        options: &Options,
+    ) -> Result<IpNet, Error> {
+        refuse_options(options)?;
+        self.request_address(id, req).await
+    }
 
     /// Frees an address (freeing a free one succeeds).
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error>;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, PoolError, PoolState, Source, named_or_all};
+use super::{Capabilities, Error, Ipam, Kind, Options, PoolError, PoolState, Source, named_or_all};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -103,6 +103,17 @@ impl Ipam for Router {
         self.driver(space).request_pool(space, req).await
     }
 
+    async fn request_pool_with(
+        &self,
+        space: &str,
+        req: &PoolRequest,
+        options: &Options,
+    ) -> Result<PoolId, Error> {
+        self.driver(space)
+            .request_pool_with(space, req, options)
+            .await
+    }
+
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
         self.driver(id.space()).release_pool(id).await
     }
@@ -122,6 +133,17 @@ impl Ipam for Router {
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
         self.driver(id.space()).request_address(id, req).await
+    }
+
+    async fn request_address_with(
+        &self,
+        id: &PoolId,
+        req: &AddressRequest,
+        options: &Options,
+    ) -> Result<IpNet, Error> {
+        self.driver(id.space())
+            .request_address_with(id, req, options)
+            .await
     }
 
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source, named_or_all, router};
+use super::{
+    Builtin, Capabilities, Error, Ipam, Kind, Options, PoolState, Source, named_or_all, router,
+};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec};
 
 /// A driver, and the record of what passed through it.
@@ -55,7 +57,16 @@ impl Ipam for Tracked {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
-        let id = self.inner.request_pool(space, req).await?;
+        self.request_pool_with(space, req, &Options::new()).await
+    }
+
+    async fn request_pool_with(
+        &self,
+        space: &str,
+        req: &PoolRequest,
+        options: &Options,
+    ) -> Result<PoolId, Error> {
+        let id = self.inner.request_pool_with(space, req, options).await?;
         let exact = PoolRequest {
             subnet: SubnetSpec::Exact(id.subnet()),
             sub_pool: id.sub_pool(),
@@ -80,7 +91,16 @@ impl Ipam for Tracked {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        let address = self.inner.request_address(id, req).await?;
+        self.request_address_with(id, req, &Options::new()).await
+    }
+
+    async fn request_address_with(
+        &self,
+        id: &PoolId,
+        req: &AddressRequest,
+        options: &Options,
+    ) -> Result<IpNet, Error> {
+        let address = self.inner.request_address_with(id, req, options).await?;
         let exact = AddressRequest {
             address: Some(address.addr()),
             serial: false,

@@ -84,6 +84,32 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("10.60.0.129"), "{err:?}");
 
+    // Options go to the remote plugin; the built-in driver takes none.
+    let with_option = |space: &str, pool: &str| pb::RequestPoolRequest {
+        address_space: space.into(),
+        pool: pool.into(),
+        options: [("com.example.network-view".to_owned(), "lab".to_owned())].into(),
+        ..Default::default()
+    };
+    let opt_id = ca
+        .request_pool(with_option("far", "10.62.0.0/24"))
+        .await
+        .unwrap()
+        .into_inner()
+        .pool_id;
+    let err = ca
+        .request_pool(with_option("local", "10.63.0.0/24"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("com.example.network-view"),
+        "{err:?}"
+    );
+    ca.release_pool(pb::ReleasePoolRequest { pool_id: opt_id })
+        .await
+        .unwrap();
+
     // Both sides agree: A from its record (tracked), B from its driver.
     let on_a = state(&mut ca, &id).await;
     let on_b = state(&mut cb, "local/10.60.0.0/24/10.60.0.128/25").await;
