@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -88,7 +88,18 @@ pub struct Remote {
     tenant: String,
     // Invariant: the pools allot holds at the plugin, with the plugin's ids (as stored).
     pools: RwLock<BTreeMap<PoolId, String>>,
+    // Kept-alive connections to the plugin, idle between calls (at most `MAX_IDLE`).
+    idle: Mutex<Vec<Sender>>,
 }
+
+/// A connection's request half.
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// A plugin's answer, before its body is read.
+type Answer = hyper::Response<hyper::body::Incoming>;
+
+/// Most idle connections kept to one plugin.
+const MAX_IDLE: usize = 64;
 
 fn unavailable(endpoint: &Endpoint, what: impl std::fmt::Display) -> Error {
     Error::Driver {
@@ -128,6 +139,7 @@ impl Remote {
             store,
             tenant: tenant.to_owned(),
             pools: RwLock::new(BTreeMap::new()),
+            idle: Mutex::new(Vec::new()),
         };
         let activated = remote.call("/Plugin.Activate", None).await?;
         let implements = activated["Implements"]
@@ -172,8 +184,8 @@ impl Remote {
         Ok(remote)
     }
 
-    /// Opens a connection to the plugin.
-    async fn open(&self) -> Result<Box<dyn Io>, Error> {
+    /// Opens a new HTTP/1.1 connection to the plugin.
+    async fn connect_new(&self) -> Result<Sender, Error> {
         let io: Box<dyn Io> = match &self.endpoint {
             Endpoint::Unix(path) => Box::new(
                 tokio::net::UnixStream::connect(path)
@@ -186,17 +198,46 @@ impl Remote {
                     .map_err(|e| unavailable(&self.endpoint, e))?,
             ),
         };
-        Ok(io)
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| unavailable(&self.endpoint, e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// Sends `req` on an idle kept-alive connection, or a new one. A request that a reused
+    /// connection could not send (the plugin closed it meanwhile) goes again on a new one;
+    /// one that may have been sent is never sent twice.
+    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Result<(Sender, Answer), Error> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut req = req;
+        if let Some(mut sender) = idle
+            && !sender.is_closed()
+            && sender.ready().await.is_ok()
+        {
+            match sender.try_send_request(req).await {
+                Ok(answer) => return Ok((sender, answer)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(unavailable(&self.endpoint, e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect_new().await?;
+        let answer = sender
+            .send_request(req)
+            .await
+            .map_err(|e| unavailable(&self.endpoint, e))?;
+        Ok((sender, answer))
     }
 
     /// Calls one endpoint; returns the answer, or the plugin's error.
     async fn call(&self, path: &str, body: Option<Value>) -> Result<Value, Error> {
         let call = async {
-            let io = self.open().await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-                .await
-                .map_err(|e| unavailable(&self.endpoint, e))?;
-            tokio::spawn(conn);
             let body = body.map(|b| format!("{b}\n")).unwrap_or_default();
             let req = hyper::Request::post(path)
                 .header("Host", "plugin")
@@ -204,16 +245,19 @@ impl Remote {
                 .header("Content-Type", CONTENT_TYPE)
                 .body(Full::new(Bytes::from(body)))
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| unavailable(&self.endpoint, e))?;
+            let (sender, resp) = self.send(req).await?;
             let status = resp.status();
             let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| unavailable(&self.endpoint, e))?
                 .to_bytes();
+            // Read to the end: the connection can carry the next call.
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+            drop(idle);
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             if !status.is_success() {
                 let message = answer["Err"]
