@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::RwLock;
+use tokio::sync::{OnceCell, RwLock};
 
 use super::{Capabilities, Error, Ipam, Kind, Options, PoolState, not_found};
 use crate::engine::{
@@ -80,9 +80,10 @@ impl std::fmt::Display for Endpoint {
 pub struct Remote {
     endpoint: Endpoint,
     timeout: Duration,
-    // The plugin's address space for allot's pools (its local default unless configured).
-    remote_space: String,
-    capabilities: Capabilities,
+    // The plugin's address space for allot's pools, if configured (else its local default).
+    configured_space: Option<String>,
+    // Invariant: set once the plugin answered the handshake.
+    activation: OnceCell<Activation>,
     store: Arc<dyn Store>,
     // The tenant under which the plugin's pool ids are stored.
     tenant: String,
@@ -90,6 +91,13 @@ pub struct Remote {
     pools: RwLock<BTreeMap<PoolId, String>>,
     // Kept-alive connections to the plugin, idle between calls (at most `MAX_IDLE`).
     idle: Mutex<Vec<Sender>>,
+}
+
+/// What the plugin said when activated.
+struct Activation {
+    capabilities: Capabilities,
+    // The plugin's address space for allot's pools.
+    space: String,
 }
 
 /// A connection's request half.
@@ -119,11 +127,13 @@ fn refused(endpoint: &Endpoint, message: &str) -> Error {
 }
 
 impl Remote {
-    /// Connects to the plugin at `endpoint` (activation handshake, capabilities, default
-    /// address spaces) and loads the pools allot holds there from `store`.
+    /// Prepares the driver for the plugin at `endpoint` and loads the pools allot holds there
+    /// from `store`. The plugin itself is activated (handshake, capabilities, default address
+    /// space) on first use, and again until that succeeds: a plugin that is down when allot
+    /// starts makes only its own address space unavailable, as Docker treats plugins.
     ///
     /// # Errors
-    /// `Unavailable` when the plugin cannot be reached or is not an IPAM driver.
+    /// The store cannot be read.
     pub async fn connect(
         endpoint: Endpoint,
         remote_space: Option<String>,
@@ -131,48 +141,8 @@ impl Remote {
         store: Arc<dyn Store>,
         tenant: &str,
     ) -> Result<Self, Error> {
-        let mut remote = Self {
-            endpoint,
-            timeout,
-            remote_space: String::new(),
-            capabilities: Capabilities::default(),
-            store,
-            tenant: tenant.to_owned(),
-            pools: RwLock::new(BTreeMap::new()),
-            idle: Mutex::new(Vec::new()),
-        };
-        let activated = remote.call("/Plugin.Activate", None).await?;
-        let implements = activated["Implements"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if !implements.iter().any(|i| i == "IpamDriver") {
-            return Err(unavailable(
-                &remote.endpoint,
-                format!("not an IPAM driver (it implements {implements:?})"),
-            ));
-        }
-        // Optional for a plugin: a 404 means no capabilities.
-        if let Ok(caps) = remote.call("/IpamDriver.GetCapabilities", None).await {
-            remote.capabilities = Capabilities {
-                requires_mac_address: caps["RequiresMACAddress"].as_bool().unwrap_or(false),
-                requires_request_replay: caps["RequiresRequestReplay"].as_bool().unwrap_or(false),
-            };
-        }
-        remote.remote_space = match remote_space {
-            Some(space) => space,
-            None => {
-                let spaces = remote
-                    .call("/IpamDriver.GetDefaultAddressSpaces", None)
-                    .await?;
-                spaces["LocalDefaultAddressSpace"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned()
-            }
-        };
         let mut pools = BTreeMap::new();
-        for (id, remote_id) in remote.store.remote_pools(&remote.tenant).await? {
+        for (id, remote_id) in store.remote_pools(tenant).await? {
             match id.parse::<PoolId>() {
                 Ok(id) => {
                     pools.insert(id, remote_id);
@@ -180,8 +150,66 @@ impl Remote {
                 Err(e) => tracing::warn!(pool_id = id, error = %e, "ignoring a stored remote pool"),
             }
         }
-        *remote.pools.get_mut() = pools;
+        let remote = Self {
+            endpoint,
+            timeout,
+            configured_space: remote_space,
+            activation: OnceCell::new(),
+            store,
+            tenant: tenant.to_owned(),
+            pools: RwLock::new(pools),
+            idle: Mutex::new(Vec::new()),
+        };
+        if let Err(e) = remote.activation().await {
+            tracing::warn!(error = %e, "remote ipam plugin not ready yet; retrying on first use");
+        }
         Ok(remote)
+    }
+
+    /// The plugin's activation, done once it succeeds.
+    async fn activation(&self) -> Result<&Activation, Error> {
+        self.activation
+            .get_or_try_init(|| async {
+                let activated = self.call("/Plugin.Activate", None).await?;
+                let implements = activated["Implements"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                if !implements.iter().any(|i| i == "IpamDriver") {
+                    return Err(unavailable(
+                        &self.endpoint,
+                        format!("not an IPAM driver (it implements {implements:?})"),
+                    ));
+                }
+                // Optional for a plugin: a 404 means no capabilities.
+                let capabilities = match self.call("/IpamDriver.GetCapabilities", None).await {
+                    Ok(caps) => Capabilities {
+                        requires_mac_address: caps["RequiresMACAddress"].as_bool().unwrap_or(false),
+                        requires_request_replay: caps["RequiresRequestReplay"]
+                            .as_bool()
+                            .unwrap_or(false),
+                    },
+                    Err(_) => Capabilities::default(),
+                };
+                let space = match &self.configured_space {
+                    Some(space) => space.clone(),
+                    None => {
+                        let spaces = self
+                            .call("/IpamDriver.GetDefaultAddressSpaces", None)
+                            .await?;
+                        spaces["LocalDefaultAddressSpace"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    }
+                };
+                tracing::info!(endpoint = %self.endpoint, space, "remote ipam plugin activated");
+                Ok(Activation {
+                    capabilities,
+                    space,
+                })
+            })
+            .await
     }
 
     /// Opens a new HTTP/1.1 connection to the plugin.
@@ -300,11 +328,20 @@ impl Ipam for Remote {
     }
 
     fn default_address_spaces(&self) -> (String, String) {
-        (self.remote_space.clone(), self.remote_space.clone())
+        let space = self
+            .activation
+            .get()
+            .map(|a| a.space.clone())
+            .or_else(|| self.configured_space.clone())
+            .unwrap_or_default();
+        (space.clone(), space)
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.capabilities
+        // Until the plugin answers, it is taken to need nothing.
+        self.activation
+            .get()
+            .map_or_else(Capabilities::default, |a| a.capabilities)
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
@@ -336,11 +373,12 @@ impl Ipam for Remote {
             } => (String::new(), v6),
         };
         let sub_pool = req.sub_pool.map(|p| p.to_string()).unwrap_or_default();
+        let remote_space = self.activation().await?.space.clone();
         let answer = self
             .call(
                 "/IpamDriver.RequestPool",
                 Some(json!({
-                    "AddressSpace": self.remote_space,
+                    "AddressSpace": remote_space,
                     "Pool": pool,
                     "SubPool": sub_pool,
                     "Options": options,

@@ -46,15 +46,24 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
         socket.display().to_string(),
     ];
     let b_flags: Vec<&str> = b_flags.iter().map(String::as_str).collect();
-    let b = Server::start_with(&b_url, &b_dir, &b_flags);
-    wait_for_socket(&socket).await;
     let route = format!(
         "space=far,driver=remote,endpoint=unix://{},timeout=2s",
         socket.display()
     );
     let a_flags = ["--address-space", route.as_str()];
+    // A starts while the plugin is not there yet: only its space is unavailable.
     let a = Server::start_with(&a_url, &a_dir, &a_flags);
-    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    let mut ca = a.client().await;
+    let err = pool_in(&mut ca, "far", "10.60.0.0/24", "10.60.0.128/25")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    request_pool(&mut ca, "10.59.0.0/24", "")
+        .await
+        .expect("the built-in spaces work meanwhile");
+    let b = Server::start_with(&b_url, &b_dir, &b_flags);
+    wait_for_socket(&socket).await;
+    let mut cb = b.client().await;
 
     // Through A, in its space "far", served by B's default local space.
     let id = pool_in(&mut ca, "far", "10.60.0.0/24", "10.60.0.128/25")
@@ -141,6 +150,11 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
         seen,
         [
             (id.as_str(), "remote", pb::UtilizationSource::Tracked),
+            (
+                "local/10.59.0.0/24",
+                "builtin",
+                pb::UtilizationSource::Driver
+            ),
             (local.as_str(), "builtin", pb::UtilizationSource::Driver),
             (null.as_str(), "null", pb::UtilizationSource::Driver),
         ]
