@@ -64,7 +64,8 @@ pub async fn driver(
 /// the drivers `routes` names, each remote plugin wrapped in a tracking record of its own.
 ///
 /// # Errors
-/// The store cannot be read or holds corrupt data, or a remote plugin cannot be reached.
+/// The store cannot be read or holds corrupt data. (A remote plugin that cannot be reached
+/// yet is activated on first use.)
 pub async fn drivers(
     store: Arc<dyn Store>,
     mut defaults: BTreeMap<String, Vec<DefaultPool>>,
