@@ -116,21 +116,7 @@ async fn start_bare() -> SocketAddr {
 }
 
 async fn make_pools(c: &mut Client, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let r = c
-            .request_pool(pb::RequestPoolRequest {
-                address_space: LOCAL_SPACE.into(),
-                pool: format!("10.{i}.0.0/16"),
-                sub_pool: String::new(),
-                options: HashMap::new(),
-                v6: false,
-            })
-            .await
-            .unwrap();
-        ids.push(r.into_inner().pool_id);
-    }
-    ids
+    loadgen::make_pools(c, (0..n).map(|i| format!("10.{i}.0.0/16"))).await
 }
 
 fn state_op(

@@ -97,21 +97,7 @@ async fn commits(url: &str) -> i64 {
 }
 
 async fn make_pools(c: &mut Client, tag: usize, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        let r = c
-            .request_pool(pb::RequestPoolRequest {
-                address_space: LOCAL_SPACE.into(),
-                pool: format!("fd00:{tag:x}:{i:x}::/64"),
-                sub_pool: String::new(),
-                options: HashMap::new(),
-                v6: true,
-            })
-            .await
-            .unwrap();
-        ids.push(r.into_inner().pool_id);
-    }
-    ids
+    loadgen::make_pools(c, (0..n).map(|i| format!("fd00:{tag:x}:{i:x}::/64"))).await
 }
 
 fn allocate_op(

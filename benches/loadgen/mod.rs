@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use allot::engine::{DefaultPool, LOCAL_SPACE};
 use allot::ipam::Ipam;
+use allot::proto::pb;
 use allot::proto::pb::ipam_service_client::IpamServiceClient;
 use allot::startup;
 use allot::store::Store;
@@ -111,4 +112,22 @@ pub fn row(what: &str, s: &Stats, unit: &str) {
         s.p50.as_secs_f64() * 1e6,
         s.p99.as_secs_f64() * 1e6
     );
+}
+
+/// Creates one pool in the local space for each of `cidrs`; returns their ids.
+pub async fn make_pools(c: &mut Client, cidrs: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for pool in cidrs {
+        let r = c
+            .request_pool(pb::RequestPoolRequest {
+                address_space: LOCAL_SPACE.into(),
+                v6: pool.contains(':'),
+                pool,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        ids.push(r.into_inner().pool_id);
+    }
+    ids
 }
