@@ -73,6 +73,9 @@ pub enum PoolCommand {
         /// IPv6 pool.
         #[arg(long)]
         v6: bool,
+        /// A driver option `KEY=VALUE` (Docker's --ipam-opt), for a remote plugin; repeatable.
+        #[arg(long = "option", value_parser = parse_option)]
+        options: Vec<(String, String)>,
     },
     /// Delete a pool.
     Release { pool_id: String },
@@ -97,6 +100,9 @@ pub enum AddressCommand {
         /// Mark the request as a gateway request.
         #[arg(long)]
         gateway: bool,
+        /// A driver option `KEY=VALUE`, for a remote plugin; repeatable.
+        #[arg(long = "option", value_parser = parse_option)]
+        options: Vec<(String, String)>,
     },
     /// Free an address.
     Release { pool_id: String, address: String },
@@ -180,6 +186,14 @@ fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
+/// Parses `KEY=VALUE`.
+fn parse_option(input: &str) -> Result<(String, String), String> {
+    match input.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{input:?} is not KEY=VALUE")),
+    }
+}
+
 async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
     let mut c = client(server).await?;
     match cmd {
@@ -188,13 +202,14 @@ async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
             pool,
             sub_pool,
             v6,
+            options,
         } => {
             let r = c
                 .request_pool(pb::RequestPoolRequest {
                     address_space: space,
                     pool,
                     sub_pool,
-                    options: HashMap::new(),
+                    options: options.into_iter().collect(),
                     v6,
                 })
                 .await
@@ -229,8 +244,9 @@ async fn address(server: &str, cmd: AddressCommand) -> anyhow::Result<()> {
             address,
             serial,
             gateway,
+            options,
         } => {
-            let mut options = HashMap::new();
+            let mut options: HashMap<String, String> = options.into_iter().collect();
             if serial {
                 options.insert(SERIAL_OPTION.to_owned(), "true".to_owned());
             }

@@ -72,6 +72,27 @@ async fn the_cli_requests_releases_and_reports() {
     assert_eq!(json[0]["available_ips_in_ip_range_pool"], 126);
     assert_eq!(json[0]["available_ips_in_ip_range_pool_exact"], "126");
 
+    // Driver options: the built-in driver takes none, and says which it refused.
+    let (ok, _, err) = allot(
+        &server,
+        &[
+            "pool",
+            "request",
+            "--pool",
+            "10.21.0.0/24",
+            "--option",
+            "colour=red",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("colour"),
+        "{err}"
+    );
+    let (ok, _, err) = allot(&server, &["pool", "request", "--option", "colour"]).await;
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+
     let (ok, _, _) = allot(&server, &["address", "release", &id, "10.20.0.128"]).await;
     assert!(ok);
     let (ok, _, err) = allot(&server, &["address", "release", &id, "10.20.0.255"]).await;
@@ -97,12 +118,29 @@ async fn the_cli_requests_releases_and_reports() {
 #[tokio::test]
 async fn bad_flags_and_urls_are_one_line_errors() {
     let dir = TempDir::new("badflags");
+    std::fs::write(dir.0.join("not-a-socket"), b"a file").unwrap();
     for args in [
         vec!["serve", "--listen", "nonsense"],
         vec!["serve", "--database-url", "mysql://x"],
         vec!["serve", "--default-address-pool", "base=10.0.0.0/8"],
         vec!["serve", "--log-format", "xml"],
         vec!["migrate", "--database-url", "oracle://x"],
+        vec!["serve", "--address-space", "space=far,driver=magic"],
+        vec!["serve", "--address-space", "space=far,driver=remote"],
+        vec![
+            "serve",
+            "--database-url",
+            "memory:",
+            "--docker-plugin-socket",
+            "not-a-socket",
+        ],
+        vec![
+            "serve",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+            "--database-timeout",
+            "500ms",
+        ],
     ] {
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
             .args(&args)
