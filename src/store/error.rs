@@ -11,9 +11,10 @@ pub enum Error {
     /// The stored version is not the one expected: another writer got there first.
     #[error("subnet {subnet} of address space {space} was changed concurrently")]
     Conflict { space: String, subnet: String },
-    /// The database cannot be reached; retrying later may succeed.
+    /// The database cannot be reached; retrying later may succeed. (The cause is in the
+    /// message, not chained as a source, so a printed chain says it once.)
     #[error("store unavailable: {0}")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
     /// Stored data does not decode.
     #[error("stored subnet {subnet} of address space {space} is corrupt")]
     Corrupt {
@@ -22,9 +23,9 @@ pub enum Error {
         #[source]
         source: engine::Error,
     },
-    /// Anything else the database reported.
+    /// Anything else the database reported (the cause in the message, as for `Unavailable`).
     #[error("store error: {0}")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Internal(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Error {
