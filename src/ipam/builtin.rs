@@ -155,6 +155,11 @@ impl Op {
                 }
                 Ok((Outcome::Done, changed))
             }
+            // Planned without the cell's lock: the same sub-pool may have joined meanwhile.
+            Self::AddPool if subnet.has_pool(id.sub_pool()) => Err(engine::Error::Overlap {
+                requested: id.to_string(),
+                existing: id.to_string(),
+            }),
             Self::AddPool => subnet
                 .add_pool(id.sub_pool())
                 .map(|()| (Outcome::Done, true)),

@@ -269,3 +269,33 @@ async fn one_state_call_answers_for_every_driver() {
     );
     app.stop().await;
 }
+
+/// The same sub-pool asked for many times at once, on a subnet that exists: exactly one
+/// request creates it, every other one is an overlap (ALREADY_EXISTS), on every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_pool_asked_for_at_once_is_created_once() {
+    for (name, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        request_pool(&mut c, "10.34.0.0/24", "").await.unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let mut c = app.client.clone();
+            tasks.push(tokio::spawn(async move {
+                request_pool(&mut c, "10.34.0.0/24", "10.34.0.128/25").await
+            }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(id) => {
+                    assert_eq!(id, "local/10.34.0.0/24/10.34.0.128/25");
+                    created += 1;
+                }
+                Err(e) => assert_eq!(e.code(), tonic::Code::AlreadyExists, "{name}: {e:?}"),
+            }
+        }
+        assert_eq!(created, 1, "{name}");
+        app.stop().await;
+    }
+}
