@@ -166,12 +166,7 @@ fn pair_op(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let (warmup, run) = if full {
-        (Duration::from_secs(1), Duration::from_secs(5))
-    } else {
-        (Duration::from_millis(50), Duration::from_millis(200))
-    };
+    let (warmup, run) = loadgen::durations();
     println!("| scenario (64 in flight, loopback) | throughput | p50 | p99 |");
     println!("|---|---|---|---|");
 

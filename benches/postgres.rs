@@ -148,11 +148,7 @@ async fn fill(store: &PgStore, n: usize) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (warmup, run) = if full {
-        (Duration::from_secs(1), Duration::from_secs(5))
-    } else {
-        (Duration::from_millis(50), Duration::from_millis(200))
-    };
+    let (warmup, run) = loadgen::durations();
     let admin = admin_url();
     let name = format!("allot_bench_{}", std::process::id());
     exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;

@@ -131,3 +131,13 @@ pub async fn make_pools(c: &mut Client, cidrs: impl IntoIterator<Item = String>)
     }
     ids
 }
+
+/// Warm-up and measured time: 1 s and 5 s under `cargo bench`, a brief smoke run under
+/// `cargo test` (no `--bench`).
+pub fn durations() -> (Duration, Duration) {
+    if std::env::args().any(|a| a == "--bench") {
+        (Duration::from_secs(1), Duration::from_secs(5))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(200))
+    }
+}

@@ -177,6 +177,14 @@ impl PoolSet for Arc<Cell> {
     }
 }
 
+/// Makes `record`, as just read from the store, the cell's state and published view.
+fn install(cell: &Cell, state: &mut CellState, record: SubnetRecord) {
+    let subnet = Arc::new(record.subnet);
+    state.subnet = Some(Arc::clone(&subnet));
+    state.version = record.version;
+    cell.publish(subnet, record.version);
+}
+
 /// Keeps `e` if it says the store is unreachable.
 fn unavailable(e: Error) -> Option<Error> {
     matches!(e, Error::Store(store::Error::Unavailable(_))).then_some(e)
@@ -366,12 +374,7 @@ impl Ctx {
             return Ok(());
         }
         match self.store.load_subnet(&self.tenant, space, net).await? {
-            Some(record) => {
-                let subnet = Arc::new(record.subnet);
-                state.subnet = Some(Arc::clone(&subnet));
-                state.version = record.version;
-                cell.publish(subnet, record.version);
-            }
+            Some(record) => install(cell, state, record),
             None => state.subnet = None,
         }
         state.stale = false;
@@ -394,10 +397,7 @@ impl Ctx {
         {
             Ok(Some(mut lock)) => {
                 if let Some(record) = lock.take_reloaded() {
-                    let subnet = Arc::new(record.subnet);
-                    state.subnet = Some(Arc::clone(&subnet));
-                    state.version = record.version;
-                    cell.publish(subnet, record.version);
+                    install(cell, state, record);
                 }
                 state.stale = false;
                 Ok(Some(lock))

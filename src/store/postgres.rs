@@ -912,6 +912,24 @@ mod tests {
         assert_eq!(sub_pool.as_deref(), Some("192.168.10.128/31"));
     }
 
+    /// Stores `after` as `version` of a subnet that was `before`, changed in `blocks`.
+    async fn store_change(
+        s: &PgStore,
+        before: &Subnet,
+        after: &Subnet,
+        blocks: &[u128],
+        version: u64,
+    ) {
+        let change = Change {
+            before,
+            after,
+            blocks,
+        };
+        s.update_subnet("t1", "local", &change, version)
+            .await
+            .expect("write");
+    }
+
     /// Counts the run rows the last change of a subnet inserted or updated: rows written by
     /// one transaction share its id (`xmin`), and every change also rewrites the subnet row.
     async fn rows_written_by_last_change(pool: &PgPool, subnet: &str) -> i64 {
@@ -953,14 +971,7 @@ mod tests {
                 blocks.push(u128::from(n) >> 6);
             }
             version += 1;
-            let change = Change {
-                before: &before,
-                after: &subnet,
-                blocks: &blocks,
-            };
-            s.update_subnet("t1", "local", &change, version)
-                .await
-                .expect("write");
+            store_change(&s, &before, &subnet, &blocks, version).await;
         }
         let n_runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
             .fetch_one(&pool)
@@ -981,14 +992,7 @@ mod tests {
             };
             let blocks = [subnet.addrs().ordinal(address).expect("inside") >> 6];
             version += 1;
-            let change = Change {
-                before: &before,
-                after: &subnet,
-                blocks: &blocks,
-            };
-            s.update_subnet("t1", "local", &change, version)
-                .await
-                .expect("write");
+            store_change(&s, &before, &subnet, &blocks, version).await;
             max_written = max_written.max(rows_written_by_last_change(&pool, cidr).await);
         }
         assert!(
@@ -1035,14 +1039,7 @@ mod tests {
                 let a = subnet.allocate(&id, &req).expect("room");
                 blocks.push(subnet.addrs().ordinal(a).expect("inside") >> 6);
             }
-            let change = Change {
-                before: &before,
-                after: &subnet,
-                blocks: &blocks,
-            };
-            s.update_subnet("t1", "local", &change, 2)
-                .await
-                .expect("write");
+            store_change(&s, &before, &subnet, &blocks, 2).await;
             want.push(("local".to_owned(), subnet, 2));
         }
         let fresh = store(pool);
