@@ -394,12 +394,35 @@ impl Ipam for Remote {
         if remote_id.is_empty() {
             return Err(refused(&self.endpoint, "RequestPool answered no PoolID"));
         }
-        let id = PoolId::new(space, subnet.trunc(), req.sub_pool)?;
-        self.store
-            .put_remote_pool(&self.tenant, &id.to_string(), &remote_id)
-            .await?;
-        self.pools.write().await.insert(id.clone(), remote_id);
-        Ok(id)
+        let recorded = match PoolId::new(space, subnet.trunc(), req.sub_pool) {
+            Ok(id) => self
+                .store
+                .put_remote_pool(&self.tenant, &id.to_string(), &remote_id)
+                .await
+                .map(|()| id)
+                .map_err(Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match recorded {
+            Ok(id) => {
+                self.pools.write().await.insert(id.clone(), remote_id);
+                Ok(id)
+            }
+            Err(e) => {
+                // Without its id on record allot could never use or release the pool: give
+                // it back to the plugin rather than leave it held there.
+                let released = self
+                    .call(
+                        "/IpamDriver.ReleasePool",
+                        Some(json!({ "PoolID": remote_id })),
+                    )
+                    .await;
+                if let Err(release) = released {
+                    tracing::warn!(remote_id, error = %release, "a plugin pool allot could not record is left at the plugin");
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
