@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use tokio::sync::{Mutex, RwLock, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{Capabilities, Error, Ipam, PoolState, Source, named_or_all, not_found};
+use super::{Capabilities, Error, Ipam, PoolState, Source, not_found};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     PoolSet, Subnet,
@@ -190,6 +190,14 @@ fn unavailable(e: Error) -> Option<Error> {
     matches!(e, Error::Store(store::Error::Unavailable(_))).then_some(e)
 }
 
+/// The answer when other writers kept changing a subnet for [`MAX_ATTEMPTS`] tries.
+fn too_many_races(space: &str, net: IpNet) -> Error {
+    Error::Store(store::Error::Conflict {
+        space: space.to_owned(),
+        subnet: net.to_string(),
+    })
+}
+
 /// Tells whether a store error means another writer got there first (reload and retry).
 fn lost_race(e: &Error) -> bool {
     matches!(
@@ -255,17 +263,26 @@ impl Builtin {
         })
     }
 
+    /// Returns the cell of pool `id`'s subnet. One missing from the cache is looked up in the
+    /// store before the answer is `PoolNotFound`: another replica may have created it a moment
+    /// ago, before its announcement arrived.
     async fn cell(&self, id: &PoolId) -> Result<Arc<Cell>, Error> {
         let space = self
             .ctx
             .spaces
             .get(id.space())
             .ok_or_else(|| not_found(id))?;
-        let index = space.index.read().await;
-        index
-            .get(&id.subnet())
-            .cloned()
-            .ok_or_else(|| not_found(id))
+        let cached = space.index.read().await.get(&id.subnet()).cloned();
+        match cached {
+            Some(cell) => Ok(cell),
+            None => {
+                let mut index = space.index.write().await;
+                self.ctx
+                    .adopt(&mut index, id.space(), id.subnet())
+                    .await?
+                    .ok_or_else(|| not_found(id))
+            }
+        }
     }
 
     /// Queues a mutation of pool `id`'s subnet and waits for the batch that commits it.
@@ -342,9 +359,7 @@ impl Builtin {
                         subnet: existing.clone(),
                     })
                 })?;
-                if let Some(r) = ctx.store.load_subnet(&ctx.tenant, &space, net).await? {
-                    index.insert(net, Arc::new(Cell::new(r.subnet, r.version)));
-                }
+                ctx.adopt(index, &space, net).await?;
                 Ok(false)
             }
             Err(e) => Err(e.into()),
@@ -361,6 +376,35 @@ impl Drop for Builtin {
 }
 
 impl Ctx {
+    /// Takes subnet `net` into the index as stored, if it is stored (another replica created
+    /// it) and not cached yet. A cached subnet overlapping it is no longer stored (a store
+    /// refuses overlaps), so it leaves the index.
+    async fn adopt(
+        &self,
+        index: &mut BTreeMap<IpNet, Arc<Cell>>,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<Arc<Cell>>, Error> {
+        let Some(record) = self.store.load_subnet(&self.tenant, space, net).await? else {
+            return Ok(None);
+        };
+        if let Some(cell) = index.get(&net) {
+            return Ok(Some(Arc::clone(cell)));
+        }
+        while let Some(gone) = engine::overlapping(index, net) {
+            index.remove(&gone);
+        }
+        let cell = Arc::new(Cell::new(record.subnet, record.version));
+        index.insert(net, Arc::clone(&cell));
+        Ok(Some(cell))
+    }
+
+    /// Tells whether the store still holds the subnet at `version`: a decision taken on the
+    /// cached copy at that version (a no-op, a refusal) then holds now.
+    async fn confirm(&self, space: &str, net: IpNet, version: u64) -> Result<bool, Error> {
+        Ok(self.store.version(&self.tenant, space, net).await? == Some(version))
+    }
+
     /// Makes the cell current again when it may not be (an uncertain write, another
     /// replica's change): reloads it from the store and publishes what it found.
     async fn refresh(
@@ -489,7 +533,11 @@ impl Ctx {
                 }
                 // Deleted by another replica: drop it from the index too.
                 let ctx = Arc::clone(self);
-                tokio::spawn(async move { ctx.catch_up(&space, net, 0, false).await });
+                tokio::spawn(async move {
+                    if let Err(e) = ctx.catch_up(&space, net, 0, false).await {
+                        tracing::warn!(space, subnet = %net, error = %e, "cannot drop a deleted subnet");
+                    }
+                });
                 return None;
             };
             let mut next = Subnet::clone(&current);
@@ -507,7 +555,22 @@ impl Ctx {
                 results.push(result.map_err(Error::Engine));
             }
             if !changed {
-                break (results, None);
+                // Nothing to write, so no version check in a write: the answers (no-ops and
+                // refusals) stand only if the subnet is still at the version they were
+                // decided on, or were decided under the store's lock.
+                if lock.is_some() {
+                    break (results, None);
+                }
+                match self.confirm(&space, net, state.version).await {
+                    Ok(true) => break (results, None),
+                    // Another replica moved on: reload and decide again.
+                    Ok(false) if attempt < MAX_ATTEMPTS => {
+                        state.stale = true;
+                        continue;
+                    }
+                    Ok(false) => break (results, Some(too_many_races(&space, net))),
+                    Err(e) => break (results, Some(e)),
+                }
             }
             match self
                 .commit(&space, cell, state, (&current, next), &blocks, lock)
@@ -520,10 +583,11 @@ impl Ctx {
             }
         };
         for (job, result) in jobs.into_iter().zip(results) {
-            let answer = match (&failed, result) {
-                // Nothing of the batch was stored: every change it acknowledged fails too.
-                (Some(e), Ok(_)) => Err(e.replicate()),
-                (_, result) => result,
+            let answer = match &failed {
+                // Nothing of the batch was stored, and its refusals may have been decided on
+                // a stale copy: every job gets the batch's error.
+                Some(e) => Err(e.replicate()),
+                None => result,
             };
             let _ = job.reply.send(answer);
         }
@@ -551,7 +615,12 @@ impl Ctx {
                     space,
                     subnet,
                     version,
-                } if tenant == self.tenant => self.catch_up(&space, subnet, version, false).await,
+                } if tenant == self.tenant => {
+                    if let Err(e) = self.catch_up(&space, subnet, version, false).await {
+                        // The next write of the subnet, or the next resync, reloads it.
+                        tracing::warn!(space, %subnet, error = %e, "cannot load another replica's change");
+                    }
+                }
                 Event::Changed { .. } => {}
                 Event::Resync => self.resync().await,
             }
@@ -561,35 +630,45 @@ impl Ctx {
     /// Compares every cached version with the stored ones and catches up where they differ,
     /// retrying until the store answers.
     async fn resync(&self) {
-        let stored = loop {
-            match self.store.versions(&self.tenant).await {
-                Ok(stored) => break stored,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot compare the cache with the store; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-            }
-        };
-        let mut seen = BTreeSet::new();
-        for (space, net, version) in stored {
-            // Exactly: a subnet deleted and created again starts over at version 1.
-            self.catch_up(&space, net, version, true).await;
-            seen.insert((space, net));
-        }
-        for (name, cache) in &self.spaces {
-            let cached: Vec<IpNet> = cache.index.read().await.keys().copied().collect();
-            for net in cached {
-                if !seen.contains(&(name.clone(), net)) {
-                    self.catch_up(name, net, 0, false).await;
-                }
-            }
+        while let Err(e) = self.sync(None).await {
+            tracing::warn!(error = %e, "cannot compare the cache with the store; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     }
 
+    /// Compares the cached versions of one address space's subnets (of every space, when
+    /// `only` is `None`) with the stored ones, and catches up where they differ.
+    async fn sync(&self, only: Option<&str>) -> Result<(), Error> {
+        let wanted = |space: &str| only.is_none_or(|o| o == space);
+        let stored = self.store.versions(&self.tenant).await?;
+        let mut seen = BTreeSet::new();
+        for (space, net, version) in stored {
+            if wanted(&space) {
+                // Exactly: a subnet deleted and created again starts over at version 1.
+                self.catch_up(&space, net, version, true).await?;
+                seen.insert((space, net));
+            }
+        }
+        for (name, cache) in self.spaces.iter().filter(|(name, _)| wanted(name)) {
+            let cached: Vec<IpNet> = cache.index.read().await.keys().copied().collect();
+            for net in cached {
+                if !seen.contains(&(name.clone(), net)) {
+                    self.catch_up(name, net, 0, false).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Brings one subnet of the cache up to `version` (0: deleted), as another writer
-    /// stored it; a cached version past it is kept unless `exact`. Errors are logged: the
-    /// next write of the subnet reloads it anyway.
-    async fn catch_up(&self, space: &str, net: IpNet, version: u64, exact: bool) {
+    /// stored it; a cached version past it is kept unless `exact`.
+    async fn catch_up(
+        &self,
+        space: &str,
+        net: IpNet,
+        version: u64,
+        exact: bool,
+    ) -> Result<(), Error> {
         let current = |cached: u64| {
             if exact {
                 cached == version
@@ -602,10 +681,10 @@ impl Ctx {
                 space,
                 "ignoring a change in an address space not configured here"
             );
-            return;
+            return Ok(());
         };
         let cell = cache.index.read().await.get(&net).cloned();
-        let result = match cell {
+        match cell {
             Some(cell) if version > 0 && current(cell.version()) => Ok(()),
             Some(cell) if version > 0 => {
                 let mut state = cell.state.lock().await;
@@ -616,7 +695,7 @@ impl Ctx {
                 let gone = state.subnet.is_none();
                 drop(state);
                 if gone {
-                    Box::pin(self.catch_up(space, net, 0, false)).await;
+                    Box::pin(self.catch_up(space, net, 0, false)).await?;
                 }
                 refreshed
             }
@@ -627,30 +706,20 @@ impl Ctx {
                     Some(cell) => {
                         let mut state = cell.state.lock().await;
                         state.stale = true;
-                        let refreshed = self.refresh(space, net, &cell, &mut state).await;
-                        if refreshed.is_ok() && state.subnet.is_none() {
+                        self.refresh(space, net, &cell, &mut state).await?;
+                        if state.subnet.is_none() {
                             index.remove(&net);
                         }
-                        refreshed
+                        Ok(())
                     }
                     None => Ok(()),
                 }
             }
-            None if version > 0 => match self.store.load_subnet(&self.tenant, space, net).await {
-                Ok(Some(record)) => {
-                    let mut index = cache.index.write().await;
-                    index
-                        .entry(net)
-                        .or_insert_with(|| Arc::new(Cell::new(record.subnet, record.version)));
-                    Ok(())
-                }
-                Ok(None) => Ok(()),
-                Err(e) => Err(e.into()),
-            },
+            None if version > 0 => {
+                let mut index = cache.index.write().await;
+                self.adopt(&mut index, space, net).await.map(|_| ())
+            }
             None => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(space, subnet = %net, error = %e, "cannot load another replica's change");
         }
     }
 }
@@ -682,9 +751,21 @@ impl Ipam for Builtin {
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
         let cache = self.space(space)?;
         let mut tried = String::new();
+        let mut synced = false;
         for _ in 0..MAX_ATTEMPTS {
             let mut index = cache.index.write().await;
-            let (id, plan) = engine::plan_pool(space, &cache.defaults, &index, req)?;
+            let (id, plan) = match engine::plan_pool(space, &cache.defaults, &index, req) {
+                // A refusal decided on the cache (overlap, no room): compare the space's
+                // subnets with the store, which other replicas may have changed, and decide
+                // again.
+                Err(e) if !synced && e.kind() != engine::ErrorKind::Invalid => {
+                    drop(index);
+                    self.ctx.sync(Some(space)).await?;
+                    synced = true;
+                    continue;
+                }
+                planned => planned?,
+            };
             tried = id.subnet().to_string();
             match plan {
                 PoolPlan::NewSubnet => {
@@ -715,13 +796,17 @@ impl Ipam for Builtin {
             .spaces
             .get(id.space())
             .ok_or_else(|| not_found(id))?;
-        let mut index = cache.index.write().await;
-        let cell = index
-            .get(&id.subnet())
-            .cloned()
-            .ok_or_else(|| not_found(id))?;
-        let mut state = cell.state.lock().await;
         let ctx = &self.ctx;
+        let mut index = cache.index.write().await;
+        let cached = index.get(&id.subnet()).cloned();
+        let cell = match cached {
+            Some(cell) => cell,
+            None => ctx
+                .adopt(&mut index, id.space(), id.subnet())
+                .await?
+                .ok_or_else(|| not_found(id))?,
+        };
+        let mut state = cell.state.lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -732,7 +817,15 @@ impl Ipam for Builtin {
                 return Err(not_found(id));
             };
             if !current.has_pool(id.sub_pool()) {
-                return Err(not_found(id));
+                // A refusal decided on the cache: it stands if the cache is current.
+                if ctx.confirm(id.space(), id.subnet(), state.version).await? {
+                    return Err(not_found(id));
+                }
+                if attempt == MAX_ATTEMPTS {
+                    return Err(too_many_races(id.space(), id.subnet()));
+                }
+                state.stale = true;
+                continue;
             }
             let mut next = Subnet::clone(&current);
             let result = if next.remove_pool(id.sub_pool()) {
@@ -789,20 +882,162 @@ impl Ipam for Builtin {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let ids = named_or_all(self, ids).await?;
+        let state = |id: &PoolId, subnet: &Subnet| PoolState {
+            id: id.clone(),
+            driver: self.name().to_owned(),
+            source: Source::Driver,
+            utilization: Ok(subnet.utilization(id.sub_pool())),
+        };
         let mut out = Vec::with_capacity(ids.len());
-        for id in &*ids {
+        if ids.is_empty() {
+            // Every pool, as each subnet's published view has it: a pool released meanwhile
+            // is simply not reported.
+            for (name, cache) in &self.ctx.spaces {
+                let cells: Vec<Arc<Cell>> = cache.index.read().await.values().cloned().collect();
+                for cell in cells {
+                    let subnet = cell.view();
+                    for sub_pool in subnet.pools() {
+                        out.push(state(&PoolId::new(name, subnet.net(), sub_pool)?, &subnet));
+                    }
+                }
+            }
+            return Ok(out);
+        }
+        for id in ids {
             let subnet = self.cell(id).await?.view();
             if !subnet.has_pool(id.sub_pool()) {
                 return Err(not_found(id));
             }
-            out.push(PoolState {
-                id: id.clone(),
-                driver: self.name().to_owned(),
-                source: Source::Driver,
-                utilization: Ok(subnet.utilization(id.sub_pool())),
-            });
+            out.push(state(id, &subnet));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two drivers on one store, neither told of the other's changes (the memory store
+    //! announces nothing): the worst a cache can lag. Every answer must still be the one the
+    //! store's current state gives.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::engine::Utilization;
+    use crate::ipam::Kind;
+    use crate::store::MemoryStore;
+
+    async fn pair() -> (Builtin, Builtin, Arc<dyn Store>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let a = Builtin::load(Arc::clone(&store), "t", BTreeMap::new());
+        let b = Builtin::load(Arc::clone(&store), "t", BTreeMap::new());
+        (a.await.expect("a"), b.await.expect("b"), store)
+    }
+
+    fn exact(pool: &str) -> PoolRequest {
+        PoolRequest::parse(pool, "", false).expect("valid request")
+    }
+
+    fn at(address: &str) -> AddressRequest {
+        AddressRequest {
+            address: Some(address.parse().expect("an address")),
+            ..AddressRequest::default()
+        }
+    }
+
+    async fn in_use(store: &Arc<dyn Store>, net: &str) -> u128 {
+        let fresh = Builtin::load(Arc::clone(store), "t", BTreeMap::new());
+        let id = PoolId::new("local", net.parse().expect("prefix"), None).expect("id");
+        let states = fresh.await.expect("load").utilization(&[id]).await;
+        let Ok(Utilization {
+            allocated_in_subnet,
+            ..
+        }) = states.expect("state").remove(0).utilization
+        else {
+            panic!("no utilization");
+        };
+        allocated_in_subnet
+    }
+
+    #[tokio::test]
+    async fn a_release_on_another_replica_takes_effect() {
+        let (a, b, store) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.50.0.0/24"))
+            .await
+            .unwrap();
+        // B caches the subnet while it is empty.
+        b.utilization(std::slice::from_ref(&id)).await.unwrap();
+        for _ in 0..20 {
+            let address = a.request_address(&id, &AddressRequest::default()).await;
+            let address = address.unwrap().addr();
+            // B believes the address free: its release must not be a no-op on the cache.
+            b.release_address(&id, address).await.unwrap();
+        }
+        // Network and broadcast only: every release took effect.
+        assert_eq!(in_use(&store, "10.50.0.0/24").await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_pool_created_on_another_replica_is_found() {
+        let (a, b, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.51.0.0/24"))
+            .await
+            .unwrap();
+        let address = b.request_address(&id, &AddressRequest::default()).await;
+        assert_eq!(address.unwrap().to_string(), "10.51.0.1/24");
+        b.release_pool(&id).await.unwrap();
+        let again = a.release_pool(&id).await.expect_err("released on B");
+        assert_eq!(again.kind(), Kind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn an_address_released_on_another_replica_can_be_requested_by_name() {
+        let (a, b, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.52.0.0/24"))
+            .await
+            .unwrap();
+        b.request_address(&id, &at("10.52.0.7")).await.unwrap();
+        a.release_address(&id, "10.52.0.7".parse().unwrap())
+            .await
+            .unwrap();
+        // B still caches .7 as taken.
+        b.request_address(&id, &at("10.52.0.7")).await.unwrap();
+        let taken = a.request_address(&id, &at("10.52.0.7")).await;
+        assert_eq!(taken.expect_err("B holds it").kind(), Kind::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn a_subnet_released_on_another_replica_can_be_created_again() {
+        let (a, b, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.53.0.0/24"))
+            .await
+            .unwrap();
+        b.request_address(&id, &AddressRequest::default())
+            .await
+            .unwrap();
+        a.release_pool(&id).await.unwrap();
+        // B's cache still holds the subnet: its overlap refusal must be checked first.
+        let again = b.request_pool("local", &exact("10.53.0.0/16")).await;
+        assert_eq!(again.unwrap().to_string(), "local/10.53.0.0/16");
+        let stale = b.request_address(&id, &AddressRequest::default()).await;
+        assert_eq!(stale.expect_err("gone").kind(), Kind::NotFound);
+        // And a refusal that holds is still a refusal.
+        let overlap = a.request_pool("local", &exact("10.53.1.0/24")).await;
+        assert_eq!(overlap.expect_err("inside").kind(), Kind::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn every_pool_state_leaves_out_pools_released_meanwhile() {
+        let (a, _, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.54.0.0/24"))
+            .await
+            .unwrap();
+        assert_eq!(a.utilization(&[]).await.unwrap().len(), 1);
+        a.release_pool(&id).await.unwrap();
+        assert!(a.utilization(&[]).await.unwrap().is_empty());
     }
 }

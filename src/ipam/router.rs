@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, Options, PoolError, PoolState, Source, named_or_all};
+use super::{Capabilities, Error, Ipam, Kind, Options, PoolError, PoolState, Source};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -75,6 +75,29 @@ pub(super) fn failed(id: &PoolId, driver: &str, err: &Error) -> PoolState {
             kind: err.kind(),
             message,
         }),
+    }
+}
+
+impl Router {
+    /// The utilization of every pool: each driver answers for all of its own pools at once,
+    /// so a pool released meanwhile is left out rather than failing the call. A driver that
+    /// fails marks each of its pools with its error.
+    async fn every_utilization(&self) -> Result<Vec<PoolState>, Error> {
+        let mut out = Vec::new();
+        for (i, driver) in self.drivers.iter().enumerate() {
+            let states = match driver.utilization(&[]).await {
+                Ok(states) => states,
+                Err(e) => driver
+                    .list_pools(None)
+                    .await?
+                    .iter()
+                    .map(|id| failed(id, driver.name(), &e))
+                    .collect(),
+            };
+            out.extend(states.into_iter().filter(|s| self.serves(i, s.id.space())));
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 }
 
@@ -151,7 +174,9 @@ impl Ipam for Router {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let ids = named_or_all(self, ids).await?;
+        if ids.is_empty() {
+            return self.every_utilization().await;
+        }
         // Each driver is asked once, for its pools; answers go back in the order asked.
         let mut out: Vec<Option<PoolState>> = vec![None; ids.len()];
         for (i, driver) in self.drivers.iter().enumerate() {

@@ -121,6 +121,7 @@ impl Ipam for Tracked {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
+        let named = !ids.is_empty();
         let ids = named_or_all(self, ids).await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in &*ids {
@@ -150,6 +151,8 @@ impl Ipam for Tracked {
                         },
                     )
                 }
+                // Listed, then released before it was looked at: not reported.
+                Err(e) if !named && e.kind() == Kind::NotFound => continue,
                 Err(e) => return Err(e),
             };
             out.push(PoolState {

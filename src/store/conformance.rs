@@ -252,6 +252,69 @@ pub async fn lists_versions<S: Store>(store: &S) {
     );
 }
 
+/// `version` tells the stored version of one subnet, and that a deleted one is gone.
+pub async fn reports_one_version<S: Store>(store: &S) {
+    let a = busy_subnet("10.9.0.0/24", &[""]);
+    let version = || store.version("t1", "local", a.net());
+    assert_eq!(version().await.expect("version"), None);
+    store
+        .create_subnet("t1", "local", &a)
+        .await
+        .expect("create");
+    assert_eq!(version().await.expect("version"), Some(1));
+    let mut b = a.clone();
+    let id = PoolId::new("local", a.net(), None).expect("valid id");
+    let address = b.allocate(&id, &AddressRequest::default()).expect("room");
+    let block = b.addrs().ordinal(address).expect("inside") >> 6;
+    let change = Change {
+        before: &a,
+        after: &b,
+        blocks: &[block],
+    };
+    store
+        .update_subnet("t1", "local", &change, 2)
+        .await
+        .expect("update");
+    assert_eq!(version().await.expect("version"), Some(2));
+    assert_eq!(
+        store
+            .version("t2", "local", a.net())
+            .await
+            .expect("version"),
+        None,
+        "another tenant's subnet"
+    );
+    store
+        .delete_subnet("t1", "local", a.net(), 2)
+        .await
+        .expect("delete");
+    assert_eq!(version().await.expect("version"), None);
+}
+
+/// A store several drivers share refuses a subnet overlapping a stored one, and names it.
+pub async fn refuses_overlapping_subnets<S: Store>(store: &S) {
+    let wide = busy_subnet("10.7.0.0/16", &[""]);
+    let narrow = busy_subnet("10.7.3.0/24", &[""]);
+    store
+        .create_subnet("t1", "local", &wide)
+        .await
+        .expect("create");
+    match store.create_subnet("t1", "local", &narrow).await {
+        Err(Error::Conflict { space, subnet }) => {
+            assert_eq!((space.as_str(), subnet.as_str()), ("local", "10.7.0.0/16"));
+        }
+        other => panic!("expected a conflict naming 10.7.0.0/16, got {other:?}"),
+    }
+    store
+        .create_subnet("t1", "global", &narrow)
+        .await
+        .expect("another address space");
+    store
+        .create_subnet("t2", "local", &narrow)
+        .await
+        .expect("another tenant");
+}
+
 pub async fn keeps_tenants_apart<S: Store>(store: &S) {
     let a = busy_subnet("10.4.0.0/24", &[""]);
     store
@@ -299,6 +362,11 @@ macro_rules! conformance_tests {
         }
 
         #[tokio::test]
+        async fn reports_one_version() {
+            crate::store::conformance::reports_one_version(&$fresh).await;
+        }
+
+        #[tokio::test]
         async fn records_remote_pools() {
             crate::store::conformance::records_remote_pools(&$fresh).await;
         }
@@ -308,6 +376,11 @@ pub(crate) use conformance_tests;
 
 mod memory {
     super::conformance_tests!(crate::store::MemoryStore::new());
+
+    #[tokio::test]
+    async fn refuses_overlapping_subnets() {
+        super::refuses_overlapping_subnets(&crate::store::MemoryStore::new()).await;
+    }
 }
 
 mod sqlite {
@@ -380,6 +453,16 @@ mod postgres {
     #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
     async fn lists_versions(pool: PgPool) {
         super::lists_versions(&store(pool)).await;
+    }
+
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+    async fn reports_one_version(pool: PgPool) {
+        super::reports_one_version(&store(pool)).await;
+    }
+
+    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+    async fn refuses_overlapping_subnets(pool: PgPool) {
+        super::refuses_overlapping_subnets(&store(pool)).await;
     }
 
     #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]

@@ -83,13 +83,25 @@ impl Store for MemoryStore {
         rows.get(&k).map(|row| record(space, &k.2, row)).transpose()
     }
 
+    async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error> {
+        Ok(self.rows().get(&key(tenant, space, net)).map(|row| row.0))
+    }
+
     async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
         let mut rows = self.rows();
         let k = key(tenant, space, subnet.net());
-        if rows.contains_key(&k) {
+        // Linear, as befits a test store: the SQL stores ask an index.
+        let overlap = rows.keys().find(|(t, s, stored)| {
+            t == tenant
+                && s == space
+                && stored
+                    .parse::<IpNet>()
+                    .is_ok_and(|n| n.contains(&subnet.net()) || subnet.net().contains(&n))
+        });
+        if let Some((_, _, existing)) = overlap {
             return Err(Error::Conflict {
                 space: space.to_owned(),
-                subnet: k.2,
+                subnet: existing.clone(),
             });
         }
         rows.insert(k, row(subnet, 1));

@@ -101,7 +101,13 @@ pub trait Store: Send + Sync + 'static {
         net: IpNet,
     ) -> Result<Option<SubnetRecord>, Error>;
 
-    /// Stores a new subnet at version 1. `Conflict` if it is already stored.
+    /// Returns the stored version of one subnet, or `None` if it is not stored: the cheap
+    /// check that a decision taken on a cached copy was taken on the current state.
+    async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error>;
+
+    /// Stores a new subnet at version 1. `Conflict` if it is already stored; a store that
+    /// several drivers share (memory, Postgres) also refuses one overlapping a stored subnet
+    /// of the same address space, naming the stored one.
     async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error>;
 
     /// Stores `change.after` as a subnet's state at `version`, if the stored version is

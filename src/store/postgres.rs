@@ -462,6 +462,27 @@ impl Store for PgStore {
         Ok(records.pop())
     }
 
+    async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error> {
+        let subnet = net.to_string();
+        let version: Option<i64> = self
+            .timed(async {
+                sqlx::query_scalar(
+                    "SELECT version FROM subnets \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr",
+                )
+                .bind(tenant)
+                .bind(space)
+                .bind(&subnet)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_err(e, space, &subnet))
+            })
+            .await?;
+        version
+            .map(|v| u64::try_from(v).map_err(|e| Error::Internal(e.into())))
+            .transpose()
+    }
+
     async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
         let net = subnet.net().to_string();
         let err = |e| map_err(e, space, &net);

@@ -325,6 +325,22 @@ impl Store for SqliteStore {
             .map_err(|e| map_err(e, "", ""))
     }
 
+    async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error> {
+        let subnet = net.to_string();
+        let version: Option<i64> = sqlx::query_scalar(
+            "SELECT version FROM subnets WHERE tenant = ? AND space = ? AND subnet = ?",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&subnet)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| map_err(e, space, &subnet))?;
+        version
+            .map(|v| u64::try_from(v).map_err(|e| Error::Internal(e.into())))
+            .transpose()
+    }
+
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let rows: Vec<(String, String, i64)> =
             sqlx::query_as("SELECT space, subnet, version FROM subnets WHERE tenant = ?")
