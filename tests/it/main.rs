@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod grpcurl;
 mod helpers;
+mod history;
 mod outage;
 mod plugin;
 mod remote;

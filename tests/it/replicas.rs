@@ -141,30 +141,6 @@ async fn load(
         .unwrap()
 }
 
-/// Every replica's full `GetIpamState`, once they agree (they converge through notifications).
-async fn converged_state(servers: &[Option<Server>]) -> Vec<pb::PoolState> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut states = Vec::new();
-        for s in servers.iter().flatten() {
-            let mut c = s.client().await;
-            let r = c
-                .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
-                .await
-                .expect("state");
-            states.push(r.into_inner().pools);
-        }
-        if states.windows(2).all(|w| w[0] == w[1]) {
-            return states.remove(0);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "replicas never agreed: {states:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The allocated addresses Postgres holds, reserved ones excluded.
 async fn persisted(url: &str) -> BTreeSet<IpAddr> {
     let store = PgStore::connect(url, Duration::from_secs(30))
