@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Malformed requests are INVALID_ARGUMENT (src/api/codec.rs).
+        .codec_path("crate::api::codec::Codec")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

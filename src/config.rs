@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use ipnet::IpNet;
 
 use crate::engine::{DefaultPool, GLOBAL_SPACE, LOCAL_SPACE};
 use crate::ipam::Endpoint;
@@ -214,8 +213,8 @@ fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
             }
             Some(("base", v)) => {
                 base = Some(
-                    v.parse::<IpNet>()
-                        .map_err(|_| format!("base {v:?} is not a CIDR prefix"))?,
+                    crate::engine::pool::parse_prefix(v)
+                        .map_err(|reason| format!("base {v:?}: {reason}"))?,
                 );
             }
             Some(("size", v)) => {

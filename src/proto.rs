@@ -3,8 +3,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use ipnet::IpNet;
-
 use crate::api::status::code_name;
 use crate::engine::error::shown;
 use crate::engine::{
@@ -49,7 +47,8 @@ pub fn pool_id(input: &str) -> Result<PoolId, engine::Error> {
 }
 
 /// Parses an address given to `RequestAddress`/`ReleaseAddress`: `10.0.0.7`, or `10.0.0.7/24`
-/// as `RequestAddress` returns it (the prefix length is ignored).
+/// as `RequestAddress` returns it (the prefix length, when given, must be the subnet's).
+/// Leading zeros are refused, as in pools.
 ///
 /// # Errors
 /// `InvalidAddress` naming the pool.
@@ -62,13 +61,17 @@ pub fn address(pool: &PoolId, input: &str) -> Result<IpAddr, engine::Error> {
     if input.is_empty() {
         return Err(invalid("empty address"));
     }
-    if let Ok(a) = input.parse::<IpAddr>() {
-        return Ok(a);
+    let (addr, len) = match input.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (input, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| invalid("not an IP address"))?;
+    match len.map(engine::pool::parse_prefix_len) {
+        None => Ok(addr),
+        Some(Some(len)) if len == pool.subnet().prefix_len() => Ok(addr),
+        Some(Some(_)) => Err(invalid("its prefix length is not the subnet's")),
+        Some(None) => Err(invalid("not an IP address")),
     }
-    input
-        .parse::<IpNet>()
-        .map(|n| n.addr())
-        .map_err(|_| invalid("not an IP address"))
 }
 
 /// Checks a `RequestAddress`: the address wanted, if any, and Docker's options. Options allot

@@ -2,6 +2,7 @@
 //! error → status map, and Docker's remote IPAM plugin protocol on a unix socket. Only this
 //! module and `proto` know tonic and prost.
 
+pub mod codec;
 pub mod plugin;
 mod service;
 pub mod status;

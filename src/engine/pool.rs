@@ -54,18 +54,37 @@ pub fn check_space_name(name: &str) -> Result<(), Error> {
     })
 }
 
-/// Parses a masked CIDR prefix (`192.168.0.0/16`, `fd00::/64`).
-fn parse_prefix(input: &str) -> Result<IpNet, &'static str> {
+/// Parses a masked CIDR prefix (`192.168.0.0/16`, `fd00::/64`), strictly: one spelling per
+/// prefix, so that one address cannot be handed out under two names. Leading zeros
+/// (`010.1.0.0/24`, `/024`) and IPv4-mapped IPv6 prefixes (`::ffff:10.0.0.0/120`, the IPv4
+/// addresses again, RFC 4291 §2.5.5.2) are refused.
+pub fn parse_prefix(input: &str) -> Result<IpNet, &'static str> {
     if input.is_empty() {
         return Err("empty prefix");
     }
-    let net: IpNet = input
-        .parse()
-        .map_err(|_| "not a prefix of the form address/length")?;
+    let malformed = "not a prefix of the form address/length";
+    let (addr, len) = input.split_once('/').ok_or(malformed)?;
+    // The standard parser refuses leading zeros in IPv4 octets (ipnet's does not).
+    let addr: IpAddr = addr.parse().map_err(|_| malformed)?;
+    let net = IpNet::new(addr, parse_prefix_len(len).ok_or(malformed)?).map_err(|_| malformed)?;
     if net.trunc() != net {
         return Err("host bits are set");
     }
+    if let IpNet::V6(v6) = net
+        && v6.network().to_ipv4_mapped().is_some()
+    {
+        return Err("an IPv4-mapped IPv6 prefix (use the IPv4 prefix)");
+    }
     Ok(net)
+}
+
+/// Parses a prefix length: decimal digits, no sign, no leading zero.
+#[must_use]
+pub fn parse_prefix_len(input: &str) -> Option<u8> {
+    let canonical = !input.is_empty()
+        && input.bytes().all(|b| b.is_ascii_digit())
+        && (input == "0" || !input.starts_with('0'));
+    canonical.then(|| input.parse().ok()).flatten()
 }
 
 fn is_v6(net: IpNet) -> bool {

@@ -541,3 +541,35 @@ fn a_subnet_round_trips_through_its_encoding() {
     );
     assert!(restored.restore(Subnet::new(net("fd00:1::/48"))).is_err());
 }
+
+/// One spelling per prefix: a lenient parser would hand out one address under two names.
+#[test]
+fn prefixes_have_one_spelling() {
+    for good in [
+        "10.0.0.0/24",
+        "0.0.0.0/0",
+        "fd00::/64",
+        "::/0",
+        "10.1.0.0/16",
+    ] {
+        assert_eq!(
+            pool::parse_prefix(good).map(|n| n.to_string()),
+            Ok(good.to_owned())
+        );
+    }
+    for bad in [
+        "010.001.000.000/24",
+        "10.1.0.0/024",
+        "10.1.0.0/+24",
+        "10.1.0.0/ 24",
+        "::ffff:10.0.0.0/120",
+        "::ffff:a00:0/120",
+        "::ffff:0:0/96",
+        "10.1.0.0",
+        "10.1.0.0/33",
+    ] {
+        assert!(pool::parse_prefix(bad).is_err(), "{bad} was accepted");
+    }
+    let mapped = PoolRequest::parse("::ffff:10.0.0.0/120", "", true);
+    assert_eq!(mapped.map_err(|e| e.kind()), Err(ErrorKind::Invalid));
+}

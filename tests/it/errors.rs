@@ -114,6 +114,9 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
         pool("no/such", "10.1.0.0/16", "", false),
         pool("nosuchspace", "10.1.0.0/16", "", false),
         pool("local", &huge, "", false),
+        pool("local", "::ffff:10.0.0.0/120", "", true),
+        pool("local", "010.001.000.000/24", "", false),
+        pool("local", "10.1.0.0/024", "", false),
         pool("local", "\u{0}\u{ffff}", "", false),
         pb::RequestPoolRequest {
             options: HashMap::from([("colour".to_owned(), "red".to_owned())]),
@@ -127,8 +130,11 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
         assert!(err.message().len() < 300, "messages stay short: {shown}");
     }
     type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Code);
-    let bad_addresses: [Case; 9] = [
+    let bad_addresses: [Case; 12] = [
         ("", "", &[], Code::InvalidArgument),
+        (&id, "10.8.0.1/8", &[], Code::InvalidArgument),
+        (&id, "010.008.000.005", &[], Code::InvalidArgument),
+        (&id, "10.8.0.5/024", &[], Code::InvalidArgument),
         ("local", "", &[], Code::InvalidArgument),
         ("local/10.8.0.0/24/x", "", &[], Code::InvalidArgument),
         (&huge, "", &[], Code::InvalidArgument),
@@ -167,6 +173,43 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
         "10.8.0.1/24"
     );
     assert_eq!(state(&mut c, &id).await.allocated_ips_in_subnet, 3);
+    // The subnet's own prefix length is welcome: it is how addresses are answered.
+    assert_eq!(
+        request_address(&mut c, &id, "10.8.0.9/24", &[])
+            .await
+            .unwrap(),
+        "10.8.0.9/24"
+    );
+    app.stop().await;
+}
+
+/// A message with field 1 as a varint: `RequestPoolRequest` has a string there.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Garbage {
+    #[prost(uint64, tag = "1")]
+    field: u64,
+}
+
+/// Bytes that do not decode as the request are the caller's mistake, not the server's.
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument() {
+    let app = spawn_app(Arc::new(allot::store::MemoryStore::new())).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Garbage, pb::RequestPoolResponse>::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/ipam.v1.IpamService/RequestPool");
+    let err = grpc
+        .unary(tonic::Request::new(Garbage { field: 7 }), path, codec)
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("malformed"), "{err:?}");
     app.stop().await;
 }
 
