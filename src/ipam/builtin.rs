@@ -238,12 +238,24 @@ impl Builtin {
         {
             // A space that is no longer configured keeps its subnets visible.
             let cache = spaces
-                .entry(space)
+                .entry(space.clone())
                 .or_insert_with(|| SpaceCache::new(Vec::new()));
-            cache
-                .index
-                .get_mut()
-                .insert(subnet.net(), Arc::new(Cell::new(subnet, version)));
+            let index = cache.index.get_mut();
+            // Serving overlapping subnets would hand out one address twice: refuse to start.
+            if let Some(other) = engine::overlapping(index, subnet.net()) {
+                return Err(Error::Store(store::Error::Corrupt {
+                    space,
+                    subnet: format!("{} (and {other})", subnet.net()),
+                    source: engine::Error::Corrupt {
+                        reason: if other == subnet.net() {
+                            "stored twice"
+                        } else {
+                            "it overlaps another stored subnet of its address space"
+                        },
+                    },
+                }));
+            }
+            index.insert(subnet.net(), Arc::new(Cell::new(subnet, version)));
         }
         let ctx = Arc::new(Ctx {
             store,

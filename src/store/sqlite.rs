@@ -1,7 +1,12 @@
 //! The embedded default: one SQLite file (WAL, `synchronous=FULL`, so a commit is on disk before
-//! the reply). Runtime queries only; migrations in `migrations/sqlite/`.
+//! the reply), owned by one process (an exclusive lock) and readable by its owner only.
+//! Runtime queries only; migrations in `migrations/sqlite/`.
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +29,57 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    // Invariant: holds an exclusive `flock` on the database file (none for `:memory:`) for
+    // as long as any clone of the store lives: no other process writes the file.
+    _lock: Option<Arc<File>>,
+}
+
+/// Opens the database file (creating it, readable by its owner only, when missing) and locks
+/// it for this process: two processes on one file would each hand out addresses from a cache
+/// that knows nothing of the other's. The lock is `flock`, which SQLite's own POSIX locks
+/// leave alone, and the kernel drops it when the process dies.
+fn lock_file(path: &Path) -> Result<File, Error> {
+    let shown = path.display();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Error::Unavailable(format!("cannot open database file {shown}: {e}").into())
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => {
+            let by = holder(&file).map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            Err(Error::Internal(
+                format!("database file {shown} is in use by another process{by}").into(),
+            ))
+        }
+        Err(TryLockError::Error(e)) => Err(Error::Unavailable(
+            format!("cannot lock database file {shown}: {e}").into(),
+        )),
+    }
+}
+
+/// The process holding a `flock` on `file`, as Linux's `/proc/locks` tells (`None` where it
+/// cannot tell).
+fn holder(file: &File) -> Option<u32> {
+    let inode = file.metadata().ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // `1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF`
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ours = fields.get(1) == Some(&"FLOCK")
+            && fields
+                .get(5)
+                .and_then(|dev_inode| dev_inode.rsplit(':').next())
+                .and_then(|i| i.parse::<u64>().ok())
+                == Some(inode);
+        ours.then(|| fields.get(4)?.parse().ok()).flatten()
+    })
 }
 
 impl SqliteStore {
@@ -34,8 +90,13 @@ impl SqliteStore {
     /// `Internal` for a malformed URL or a failed migration, `Unavailable` when the file
     /// cannot be opened.
     pub async fn connect(url: &str) -> Result<Self, Error> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::Internal(e.into()))?
+        let options = SqliteConnectOptions::from_str(url).map_err(|e| Error::Internal(e.into()))?;
+        let lock = if url.contains(":memory:") {
+            None
+        } else {
+            Some(Arc::new(lock_file(options.get_filename())?))
+        };
+        let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
@@ -53,7 +114,7 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(e.into()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, _lock: lock })
     }
 
     async fn pools_of(

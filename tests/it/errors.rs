@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use allot::proto::pb;
-use allot::store::SqliteStore;
+use allot::store::{SqliteStore, Store};
 use sqlx::Connection;
 use tonic::Code;
 
@@ -240,33 +240,84 @@ async fn a_locked_database_is_unavailable_and_recovers() {
     app.stop().await;
 }
 
-/// Two servers on one SQLite file (a misconfiguration, but a possible one): the version check
-/// refuses the stale writer, which reloads the subnet and tries again, so it never hands out
-/// an address the other server already gave away.
+/// A second `allot serve` on a SQLite file another one is serving refuses to start, naming
+/// the file and the process holding it; the file is its owner's alone (0600).
 #[tokio::test]
-async fn a_stale_writer_reloads_and_never_hands_out_an_address_twice() {
+async fn a_sqlite_file_in_use_is_refused_and_private() {
     let dir = TempDir::new("two-writers");
-    let a = spawn_app(Arc::new(SqliteStore::connect(&dir.db_url()).await.unwrap())).await;
-    let mut ca = a.client.clone();
-    let id = request_pool(&mut ca, "10.7.0.0/24", "").await.unwrap();
-    let b = spawn_app(Arc::new(SqliteStore::connect(&dir.db_url()).await.unwrap())).await;
-    let mut cb = b.client.clone();
-    assert_eq!(
-        request_address(&mut ca, &id, "", &[]).await.unwrap(),
-        "10.7.0.1/24"
+    let url = dir.db_url();
+    let first = Server::start(&url, &dir.0);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let path = dir.0.join("allot.db");
+    let pid = format!("pid {}", first.child.id());
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("in use") && err.contains(&pid),
+        "{err}"
     );
+    // The first one still serves.
+    let mut c = first.client().await;
+    request_pool(&mut c, "10.7.0.0/24", "").await.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for file in ["allot.db", "allot.db-wal"] {
+        let mode = std::fs::metadata(dir.0.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+    // Once it is gone, the file is free again.
+    drop(first);
+    let second = Server::start(&url, &dir.0);
+    let mut c = second.client().await;
     assert_eq!(
-        request_address(&mut cb, &id, "", &[]).await.unwrap(),
-        "10.7.0.2/24",
-        "the stale writer reloaded and saw the other server's allocation"
+        request_pool(&mut c, "10.7.0.0/24", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
     );
-    assert_eq!(
-        request_address(&mut ca, &id, "", &[]).await.unwrap(),
-        "10.7.0.3/24",
-        "and the first server, stale in turn, did the same"
+}
+
+/// Stored subnets that overlap (written by something other than allot) are refused at
+/// startup with the two subnets named, not served.
+#[tokio::test]
+async fn overlapping_stored_subnets_are_refused_at_startup() {
+    let dir = TempDir::new("overlap");
+    {
+        let store = SqliteStore::connect(&dir.db_url()).await.unwrap();
+        for net in ["10.80.0.0/16", "10.80.0.0/24"] {
+            let mut subnet = allot::engine::Subnet::new(net.parse().unwrap());
+            subnet.add_pool(None).unwrap();
+            store
+                .create_subnet("default", "local", &subnet)
+                .await
+                .unwrap();
+        }
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &dir.db_url(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("10.80.0.0/16") && err.contains("10.80.0.0/24") && err.contains("overlaps"),
+        "{err}"
     );
-    a.stop().await;
-    b.stop().await;
 }
 
 /// A subnet whose stored state is damaged: the client gets INTERNAL with no details (they go
