@@ -226,11 +226,12 @@ async fn main() {
     // driver on the same memory store. One request in flight gives the per-request overhead.
     let socket = dir.join("plugin.sock");
     let plugin_ipam = loadgen::driver(Arc::new(MemoryStore::new())).await;
-    let listener = allot::api::plugin::bind(&socket).unwrap();
+    let bound = allot::api::plugin::bind(&socket).unwrap();
     let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let gate = allot::api::conn::Gate::new(allot::api::conn::Limits::default());
     tokio::spawn(allot::api::plugin::serve(
-        listener,
-        socket.clone(),
+        allot::api::conn::Incoming::new(bound.listener, gate, "docker plugin"),
+        bound.path,
         plugin_ipam,
         stopping,
     ));

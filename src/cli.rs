@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 use tonic::transport::Channel;
 
+use crate::api::conn::{Gate, Incoming, Limits, raise_fd_limit};
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::engine::{GATEWAY_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
 use crate::proto::pb;
@@ -149,14 +150,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("database memory: nothing is persisted; every pool is lost on exit");
     }
     tracing::warn!("authentication is disabled: every caller acts for the default tenant");
+    let gate = Gate::new(Limits {
+        max_connections: raise_fd_limit(usize::try_from(args.max_connections)?),
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+    });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     if let Some(path) = &args.docker_plugin_socket {
         let socket = crate::api::plugin::bind(path)
             .with_context(|| format!("docker plugin socket {}", path.display()))?;
         tracing::info!(socket = %path.display(), "serving the docker ipam plugin protocol");
         tokio::spawn(crate::api::plugin::serve(
-            socket,
-            path.clone(),
+            Incoming::new(socket.listener, gate.clone(), "docker plugin"),
+            socket.path,
             Arc::clone(&ipam),
             stopping.clone(),
         ));
@@ -166,7 +172,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         startup::shutdown_signal().await;
         let _ = stop.send(true);
     };
-    startup::serve(listener, ipam, shutdown, args.shutdown_grace).await
+    let incoming = Incoming::new(listener, gate, "grpc");
+    startup::serve(incoming, ipam, shutdown, args.shutdown_grace).await
 }
 
 async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {

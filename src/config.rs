@@ -25,6 +25,21 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOT_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Connections open at once, gRPC and the Docker plugin socket together; more are closed
+    /// as they arrive. Lowered to what the open-file limit leaves room for (allot raises its
+    /// soft limit to the hard one at startup).
+    #[arg(long, env = "ALLOT_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Longest a new connection may take to send its first bytes before it is closed.
+    #[arg(long, env = "ALLOT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Longest a connection may stay without a byte read or written before it is closed
+    /// (clients reconnect by themselves).
+    #[arg(long, env = "ALLOT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
     /// An address space served by another driver than the built-in one:
     /// `space=NAME,driver=null`, or `space=NAME,driver=remote,endpoint=ENDPOINT[,remote-space=NAME][,timeout=10s]`
     /// for a remote IPAM plugin at `unix:///PATH` or `http://HOST:PORT` (its pools are

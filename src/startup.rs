@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::conn::Incoming;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::IpamApi;
 use crate::config::DatabaseArgs;
@@ -124,7 +124,7 @@ pub async fn drivers(
 /// # Errors
 /// The reflection service cannot be built, or the server fails.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Incoming<TcpListener>,
     ipam: Arc<dyn Ipam>,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
@@ -149,7 +149,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IpamServiceServer::new(IpamApi::new(ipam)))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        .serve_with_incoming_shutdown(incoming, signal);
     let grace_over = async move {
         if stopped.await.is_ok() {
             tokio::time::sleep(grace).await;

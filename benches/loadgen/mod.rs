@@ -1,6 +1,7 @@
 //! Load generation shared by the gRPC benchmarks: an in-process allot server, clients, and a
 //! closed-loop load with latency percentiles.
 
+use allot::api::conn::{Gate, Incoming, Limits};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ pub async fn serve(ipam: Arc<dyn Ipam>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(startup::serve(
-        listener,
+        Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
         ipam,
         std::future::pending(),
         Duration::from_secs(1),

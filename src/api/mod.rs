@@ -3,6 +3,7 @@
 //! module and `proto` know tonic and prost.
 
 pub mod codec;
+pub mod conn;
 pub mod plugin;
 mod service;
 pub mod status;

@@ -19,13 +19,14 @@ use hyper::header::CONTENT_TYPE;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::conn::Incoming as Connections;
 use crate::engine::{self, GATEWAY_ADDRESS_TYPE, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
 use crate::ipam::{self, Ipam};
 use crate::proto;
@@ -229,54 +230,92 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The plugin socket, removed when dropped.
-struct Socket(PathBuf);
+/// The path of a plugin socket this process bound: removed at the end, unless another
+/// process has put a socket of its own there meanwhile.
+pub struct SocketPath {
+    path: PathBuf,
+    // (device, inode) of the socket file as bound.
+    id: Option<(u64, u64)>,
+}
 
-impl Drop for Socket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+impl SocketPath {
+    fn file_id(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
     }
 }
 
-/// Binds the plugin socket at `path`, replacing a stale socket file left by an earlier run.
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        if self.id.is_some() && Self::file_id(&self.path) == self.id {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// A bound plugin socket.
+pub struct Socket {
+    pub listener: UnixListener,
+    pub path: SocketPath,
+}
+
+/// Binds the plugin socket at `path`. A socket file left by an earlier run (nobody answers on
+/// it) is replaced; one another process is serving is not.
 ///
 /// # Errors
-/// The path is taken by something that is not a socket, or cannot be bound.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// The path is served by another process, is taken by something that is not a socket, or
+/// cannot be bound.
+pub fn bind(path: &Path) -> std::io::Result<Socket> {
+    use std::io::{Error, ErrorKind};
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
                 format!("{} exists and is not a socket", path.display()),
             ));
         }
-        std::fs::remove_file(path)?;
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(Error::new(
+                    ErrorKind::AddrInUse,
+                    format!("{} is served by another process", path.display()),
+                ));
+            }
+            // Stale: left by a process that is gone.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => return Err(e),
+        }
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    UnixListener::bind(path)
+    let listener = UnixListener::bind(path)?;
+    Ok(Socket {
+        listener,
+        path: SocketPath {
+            path: path.to_owned(),
+            id: SocketPath::file_id(path),
+        },
+    })
 }
 
-/// Serves the plugin protocol for `ipam` on `listener` (bound at `path`, removed at the end)
-/// until `stop` turns true; connections in flight finish their request.
+/// Serves the plugin protocol for `ipam` on the connections of `incoming` (whose socket is
+/// at `path`, removed at the end) until `stop` turns true; connections in flight finish
+/// their request.
 pub async fn serve(
-    listener: UnixListener,
-    path: PathBuf,
+    mut incoming: Connections<UnixListener>,
+    path: SocketPath,
     ipam: Arc<dyn Ipam>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let _socket = Socket(path);
+    let _socket = path;
+    let header_timeout = incoming.limits().handshake_timeout;
     loop {
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "docker plugin: accept failed");
-                    continue;
-                }
-            },
+            conn = incoming.next() => conn,
             () = stopped(&mut stop) => return,
         };
         let ipam = Arc::clone(&ipam);
@@ -286,7 +325,10 @@ pub async fn serve(
                 let ipam = Arc::clone(&ipam);
                 async move { Ok::<_, std::convert::Infallible>(handle(ipam, req).await) }
             });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {

@@ -1,5 +1,6 @@
 //! Starting servers (in-process or the real binary) and talking to them.
 
+use allot::api::conn::{Gate, Incoming, Limits};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -65,7 +66,7 @@ pub async fn spawn_app(store: Arc<dyn Store>) -> App {
         let _ = rx.await;
     };
     let task = tokio::spawn(startup::serve(
-        listener,
+        Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
         ipam,
         shutdown,
         Duration::from_secs(5),
