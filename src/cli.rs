@@ -167,9 +167,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stopping.clone(),
         ));
     }
+    // Before "listening": a signal sent from then on stops the server gracefully.
+    let signal = startup::shutdown_signal()?;
     tracing::info!(%addr, database = %args.database.redacted_url(), "allot listening");
     let shutdown = async move {
-        startup::shutdown_signal().await;
+        signal.await;
         let _ = stop.send(true);
     };
     let incoming = Incoming::new(listener, gate, "grpc");

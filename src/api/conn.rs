@@ -376,6 +376,31 @@ mod tests {
         assert_eq!(gate.open.load(Ordering::Acquire), 0);
     }
 
+    /// A listener that fails every accept (out of file descriptors), counting the tries.
+    struct Failing(std::sync::atomic::AtomicU32);
+
+    impl Listener for Failing {
+        type Io = TcpStream;
+
+        fn poll_next_conn(&self, _: &mut Context<'_>) -> Poll<io::Result<TcpStream>> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Poll::Ready(Err(io::Error::from_raw_os_error(24))) // EMFILE
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let mut incoming = Incoming::new(Failing(0.into()), Gate::new(limits(4)), "test");
+        let waited = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+        assert!(waited.is_err(), "nothing to accept");
+        // 5, 10, 20, 40, 80, 160 ms: at most 7 tries in 300 ms, where a spinning loop makes
+        // millions.
+        let tries = incoming.listener.0.load(Ordering::Relaxed);
+        assert!((2..=8).contains(&tries), "{tries} tries");
+        // And the log held back all but the first report.
+        assert!(incoming.errors.held_back + 1 >= u64::from(tries) - 1);
+    }
+
     #[tokio::test]
     async fn a_talking_connection_lives_until_it_goes_idle() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -396,6 +396,8 @@ pub async fn state(c: &mut Client, pool_id: &str) -> pb::PoolState {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Lines logged since it listened.
+    pub log_lines: Arc<AtomicU32>,
 }
 
 impl Server {
@@ -406,7 +408,18 @@ impl Server {
 
     /// Starts `allot serve` on `db_url` with more flags; waits until it listens.
     pub fn start_with(db_url: &str, dir: &Path, flags: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_allot"))
+        Self::start_in(
+            Command::new(env!("CARGO_BIN_EXE_allot")),
+            db_url,
+            dir,
+            flags,
+        )
+    }
+
+    /// Starts `allot serve` as `program` runs it (the binary itself, or a shell that sets
+    /// limits first and passes its arguments on); waits until it listens.
+    pub fn start_in(mut program: Command, db_url: &str, dir: &Path, flags: &[&str]) -> Self {
+        let mut child = program
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--shutdown-grace", "3s"])
             .args(["--database-url", db_url])
@@ -432,9 +445,19 @@ impl Server {
                     .expect("socket addr");
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, addr }
+        // Keep draining the log so the server never blocks on a full pipe, counting it.
+        let log_lines = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&log_lines);
+        std::thread::spawn(move || {
+            for _ in lines {
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Self {
+            child,
+            addr,
+            log_lines,
+        }
     }
 
     pub async fn client(&self) -> Client {

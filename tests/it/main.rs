@@ -4,6 +4,7 @@
 // Test code: a broken precondition should fail the test at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod abuse;
 mod architecture;
 mod cli;
 mod durability;
