@@ -289,6 +289,18 @@ pub async fn reports_one_version<S: Store>(store: &S) {
         .await
         .expect("delete");
     assert_eq!(version().await.expect("version"), None);
+    // Created again, it continues after the deleted one: a version names one state.
+    let again = store.create_subnet("t1", "local", &a).await;
+    assert_eq!(again.expect("create again"), 3);
+    assert_eq!(version().await.expect("version"), Some(3));
+    assert_eq!(
+        store
+            .load_subnet("t1", "local", a.net())
+            .await
+            .expect("load")
+            .map(|r| r.version),
+        Some(3)
+    );
 }
 
 /// A store several drivers share refuses a subnet overlapping a stored one, and names it.

@@ -19,6 +19,8 @@ type Row = (u64, Vec<u8>, Vec<String>);
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     rows: Mutex<BTreeMap<Key, Row>>,
+    // The last version of each deleted subnet.
+    retired: Mutex<BTreeMap<Key, u64>>,
     // (tenant, pool id) → remote pool id.
     remote: Mutex<BTreeMap<(String, String), String>>,
 }
@@ -87,7 +89,12 @@ impl Store for MemoryStore {
         Ok(self.rows().get(&key(tenant, space, net)).map(|row| row.0))
     }
 
-    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+    async fn create_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+    ) -> Result<u64, Error> {
         let mut rows = self.rows();
         let k = key(tenant, space, subnet.net());
         // Linear, as befits a test store: the SQL stores ask an index.
@@ -104,8 +111,10 @@ impl Store for MemoryStore {
                 subnet: existing.clone(),
             });
         }
-        rows.insert(k, row(subnet, 1));
-        Ok(())
+        let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        let version = retired.get(&k).map_or(1, |last| last + 1);
+        rows.insert(k, row(subnet, version));
+        Ok(version)
     }
 
     async fn update_subnet(
@@ -154,6 +163,10 @@ impl Store for MemoryStore {
             }),
             Some(_) => {
                 rows.remove(&k);
+                self.retired
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(k, version);
                 Ok(())
             }
         }

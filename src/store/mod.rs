@@ -27,7 +27,8 @@ pub const DEFAULT_TENANT: &str = "default";
 pub struct SubnetRecord {
     pub space: String,
     pub subnet: Subnet,
-    /// Starts at 1 and grows by one with every change.
+    /// Starts at 1 (or after the last version of a deleted subnet of the same prefix) and
+    /// grows by one with every change.
     pub version: u64,
 }
 
@@ -105,10 +106,13 @@ pub trait Store: Send + Sync + 'static {
     /// check that a decision taken on a cached copy was taken on the current state.
     async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error>;
 
-    /// Stores a new subnet at version 1. `Conflict` if it is already stored; a store that
+    /// Stores a new subnet and returns its version: 1, or, for a subnet stored and deleted
+    /// before, the deleted one's last version plus one (a version never names two states
+    /// of one subnet). `Conflict` if it is already stored; a store that
     /// several drivers share (memory, Postgres) also refuses one overlapping a stored subnet
     /// of the same address space, naming the stored one.
-    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error>;
+    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet)
+    -> Result<u64, Error>;
 
     /// Stores `change.after` as a subnet's state at `version`, if the stored version is
     /// `version - 1` (whose state is `change.before`). `Conflict` otherwise, `NotFound` if it
@@ -162,6 +166,12 @@ pub trait Store: Send + Sync + 'static {
     /// Lists the stored version of every subnet of a tenant (for a resync after missed
     /// events).
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error>;
+
+    /// Returns the longest any one operation of the store may take (`--database-timeout`),
+    /// if it bounds them; a caller making several bounds them all by it too.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Starts reporting what other writers do, for a store that several processes share.
     /// `None` for a store only this process writes.

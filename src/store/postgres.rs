@@ -483,7 +483,12 @@ impl Store for PgStore {
             .transpose()
     }
 
-    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+    async fn create_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+    ) -> Result<u64, Error> {
         let net = subnet.net().to_string();
         let err = |e| map_err(e, space, &net);
         self.timed(async {
@@ -512,17 +517,20 @@ impl Store for PgStore {
                     subnet: existing,
                 });
             }
-            sqlx::query(
+            let version: i64 = sqlx::query_scalar(
                 "INSERT INTO subnets (tenant, space, subnet, version, cursor) \
-                 VALUES ($1, $2, $3::cidr, 1, $4::numeric)",
+                 VALUES ($1, $2, $3::cidr, 1 + COALESCE((SELECT version FROM retired \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr), 0), $4::numeric) \
+                 RETURNING version",
             )
             .bind(tenant)
             .bind(space)
             .bind(&net)
             .bind(subnet.addrs().cursor().to_string())
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(err)?;
+            let version = u64::try_from(version).map_err(|e| Error::Internal(e.into()))?;
             write_pools(&mut tx, tenant, space, subnet)
                 .await
                 .map_err(err)?;
@@ -544,11 +552,12 @@ impl Store for PgStore {
             .map_err(err)?;
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)
-                .bind(notice(tenant, space, subnet.net(), 1))
+                .bind(notice(tenant, space, subnet.net(), version))
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
-            tx.commit().await.map_err(err)
+            tx.commit().await.map_err(err)?;
+            Ok(version)
         })
         .await
     }
@@ -601,6 +610,10 @@ impl Store for PgStore {
                      DELETE FROM subnets \
                      WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr AND version = $4 \
                      RETURNING 1 \
+                 ), r AS ( \
+                     INSERT INTO retired (tenant, space, subnet, version) \
+                     SELECT $1, $2, $3::cidr, $4 FROM d \
+                     ON CONFLICT (tenant, space, subnet) DO UPDATE SET version = excluded.version \
                  ) \
                  SELECT pg_notify($5, $6) FROM d",
             )
@@ -728,6 +741,10 @@ impl Store for PgStore {
             })
             .await?;
         parse_versions(rows)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
     }
 
     async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {

@@ -250,24 +250,33 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn create_subnet(&self, tenant: &str, space: &str, subnet: &Subnet) -> Result<(), Error> {
+    async fn create_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+    ) -> Result<u64, Error> {
         let net = subnet.net().to_string();
         let err = |e| map_err(e, space, &net);
         let mut tx = self.pool.begin().await.map_err(err)?;
-        sqlx::query(
-            "INSERT INTO subnets (tenant, space, subnet, version, state) VALUES (?, ?, ?, 1, ?)",
+        let version: i64 = sqlx::query_scalar(
+            "INSERT INTO subnets (tenant, space, subnet, version, state) \
+             VALUES (?1, ?2, ?3, 1 + COALESCE((SELECT version FROM retired \
+                 WHERE tenant = ?1 AND space = ?2 AND subnet = ?3), 0), ?4) \
+             RETURNING version",
         )
         .bind(tenant)
         .bind(space)
         .bind(&net)
         .bind(subnet.addrs().encode())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
         Self::write_pools(&mut tx, tenant, space, subnet)
             .await
             .map_err(err)?;
-        tx.commit().await.map_err(err)
+        tx.commit().await.map_err(err)?;
+        u64::try_from(version).map_err(|e| Error::Internal(e.into()))
     }
 
     async fn update_subnet(
@@ -329,6 +338,7 @@ impl Store for SqliteStore {
     ) -> Result<(), Error> {
         let subnet = net.to_string();
         let err = |e| map_err(e, space, &subnet);
+        let mut tx = self.pool.begin().await.map_err(err)?;
         let deleted = sqlx::query(
             "DELETE FROM subnets WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
         )
@@ -336,7 +346,7 @@ impl Store for SqliteStore {
         .bind(space)
         .bind(&subnet)
         .bind(to_i64(version)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(err)?
         .rows_affected();
@@ -346,7 +356,18 @@ impl Store for SqliteStore {
                 subnet,
             });
         }
-        Ok(())
+        sqlx::query(
+            "INSERT INTO retired (tenant, space, subnet, version) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (tenant, space, subnet) DO UPDATE SET version = excluded.version",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(&subnet)
+        .bind(to_i64(version)?)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)
     }
 
     async fn put_remote_pool(

@@ -90,9 +90,11 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_after() {
     assert!(seen.ok_before > 0, "{seen:?}");
     assert!(seen.unavailable_during > 0, "the outage was seen: {seen:?}");
     assert!(seen.other_errors.is_empty(), "only UNAVAILABLE: {seen:?}");
+    // One database timeout bounds a failed call, whatever it queued behind (another batch,
+    // a reload of another replica's change): 1 s, plus scheduling slack.
     assert!(
-        seen.slowest_failure < deadline,
-        "failures came before the deadline: {seen:?}"
+        seen.slowest_failure < Duration::from_millis(1500),
+        "failures came within one --database-timeout: {seen:?}"
     );
     assert!(recovered, "allot recovered by itself: {seen:?}");
     // And it keeps working: a burst of requests all succeed.
