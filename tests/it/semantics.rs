@@ -1,6 +1,7 @@
 //! DESIGN.md's semantics through the API, on every store backend.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use allot::proto::pb;
 
@@ -298,4 +299,43 @@ async fn a_sub_pool_asked_for_at_once_is_created_once() {
         assert_eq!(created, 1, "{name}");
         app.stop().await;
     }
+}
+
+/// `GetIpamState` of every pool while pools come and go: a pool released between the listing
+/// and the lookup is left out, never a NOT_FOUND for the whole call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_pool_state_holds_while_pools_come_and_go() {
+    let dir = TempDir::new("churn");
+    let store = allot::store::SqliteStore::connect(&dir.db_url())
+        .await
+        .unwrap();
+    let app = spawn_app(Arc::new(store)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut churn = Vec::new();
+    for _ in 0..8 {
+        let (mut c, stop) = (app.client.clone(), Arc::clone(&stop));
+        churn.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = request_pool(&mut c, "", "").await.unwrap();
+                c.release_pool(pb::ReleasePoolRequest { pool_id: id })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut c = app.client.clone();
+    let mut seen = 0;
+    for _ in 0..500 {
+        let state = c
+            .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+            .await
+            .expect("every pool's state, whatever comes and goes");
+        seen += state.into_inner().pools.len();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in churn {
+        t.await.unwrap();
+    }
+    assert!(seen > 0, "pools were there to be seen");
+    app.stop().await;
 }
