@@ -119,6 +119,29 @@ fn allocate_op(
     }
 }
 
+/// Releases an address no one holds (the last of the /64, never reached by allocation): a
+/// no-op, which a replica may answer only once it has confirmed its cached version (issue #8).
+fn release_free_op(
+    ids: Vec<String>,
+) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Clone
+{
+    let ids = Arc::new(ids);
+    move |mut c: Client, task| {
+        let id = ids[task % ids.len()].clone();
+        let parts: Vec<&str> = id.split('/').collect();
+        let net: ipnet::IpNet = format!("{}/{}", parts[1], parts[2]).parse().unwrap();
+        let free = net.broadcast().to_string();
+        Box::pin(async move {
+            c.release_address(pb::ReleaseAddressRequest {
+                pool_id: id,
+                address: free,
+            })
+            .await
+            .unwrap();
+        })
+    }
+}
+
 /// Creates `n` /24 subnets, each with a few allocations, straight through the store.
 async fn fill(store: &PgStore, n: usize) {
     let mut tasks = Vec::new();
@@ -218,13 +241,36 @@ async fn main() {
         let addr = serve(driver(Arc::new(store)).await).await;
         replica_clients.extend(clients(addr, 1).await);
     }
-    let ids = make_pools(&mut replica_clients[0], tag, 1).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // the others hear of the pool
-    let stats = load(&replica_clients, 21, (warmup, run), allocate_op(ids)).await;
+    for n_pools in [1, 16] {
+        let ids = make_pools(&mut replica_clients[0], tag, n_pools).await;
+        tag += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await; // the others hear of the pools
+        let stats = load(&replica_clients, 21, (warmup, run), allocate_op(ids)).await;
+        row(
+            &format!("allot durable RequestAddress, 3 replicas on {n_pools} pool(s), 63 in flight"),
+            &stats,
+            "alloc",
+        );
+    }
+
+    // What deciding on the stored state costs where nothing is written: releases of a free
+    // address, one replica and three, on one pool.
+    let mut one = clients(addr, 4).await;
+    let ids = make_pools(&mut one[0], tag, 1).await;
+    tag += 1;
+    let stats = load(&one, 16, (warmup, run), release_free_op(ids)).await;
     row(
-        "allot durable RequestAddress, 3 replicas on 1 pool, 63 in flight",
+        "allot ReleaseAddress of a free address (no-op), 1 pool, 64 in flight",
         &stats,
-        "alloc",
+        "release",
+    );
+    let ids = make_pools(&mut replica_clients[0], tag, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = load(&replica_clients, 21, (warmup, run), release_free_op(ids)).await;
+    row(
+        "allot ReleaseAddress of a free address (no-op), 3 replicas on 1 pool, 63 in flight",
+        &stats,
+        "release",
     );
 
     // Cold start: a fresh driver loading every subnet.
