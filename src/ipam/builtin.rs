@@ -181,6 +181,22 @@ impl PoolSet for Arc<Cell> {
     }
 }
 
+/// Puts a subnet just read from the store into the index, unless it is cached already (that
+/// cell is returned). Cached subnets overlapping it are no longer stored (a store refuses
+/// overlaps), so they leave the index.
+fn install_record(index: &mut BTreeMap<IpNet, Arc<Cell>>, record: SubnetRecord) -> Arc<Cell> {
+    let net = record.subnet.net();
+    if let Some(cell) = index.get(&net) {
+        return Arc::clone(cell);
+    }
+    while let Some(gone) = engine::overlapping(index, net) {
+        index.remove(&gone);
+    }
+    let cell = Arc::new(Cell::new(record.subnet, record.version));
+    index.insert(net, Arc::clone(&cell));
+    cell
+}
+
 /// Makes `record`, as just read from the store, the cell's state and published view.
 fn install(cell: &Cell, state: &mut CellState, record: SubnetRecord) {
     let subnet = Arc::new(record.subnet);
@@ -291,13 +307,11 @@ impl Builtin {
         let cached = space.index.read().await.get(&id.subnet()).cloned();
         match cached {
             Some(cell) => Ok(cell),
-            None => {
-                let mut index = space.index.write().await;
-                self.ctx
-                    .adopt(&mut index, id.space(), id.subnet())
-                    .await?
-                    .ok_or_else(|| not_found(id))
-            }
+            None => self
+                .ctx
+                .adopt_unlocked(space, id.space(), id.subnet())
+                .await?
+                .ok_or_else(|| not_found(id)),
         }
     }
 
@@ -524,18 +538,26 @@ impl Ctx {
         space: &str,
         net: IpNet,
     ) -> Result<Option<Arc<Cell>>, Error> {
-        let Some(record) = self.store.load_subnet(&self.tenant, space, net).await? else {
-            return Ok(None);
-        };
-        if let Some(cell) = index.get(&net) {
-            return Ok(Some(Arc::clone(cell)));
+        let record = self.store.load_subnet(&self.tenant, space, net).await?;
+        Ok(record.map(|record| install_record(index, record)))
+    }
+
+    /// [`Ctx::adopt`] for a caller not holding the index lock: the store is read without it,
+    /// so address requests of the space's other subnets do not wait for the round trip.
+    async fn adopt_unlocked(
+        &self,
+        cache: &SpaceCache,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<Arc<Cell>>, Error> {
+        let record = self.store.load_subnet(&self.tenant, space, net).await?;
+        match record {
+            Some(record) => Ok(Some(install_record(
+                &mut *cache.index.write().await,
+                record,
+            ))),
+            None => Ok(None),
         }
-        while let Some(gone) = engine::overlapping(index, net) {
-            index.remove(&gone);
-        }
-        let cell = Arc::new(Cell::new(record.subnet, record.version));
-        index.insert(net, Arc::clone(&cell));
-        Ok(Some(cell))
     }
 
     /// Tells whether the store still holds the subnet at `version`: a decision taken on the
@@ -911,10 +933,7 @@ impl Ctx {
                     None => Ok(()),
                 }
             }
-            None if version > 0 => {
-                let mut index = cache.index.write().await;
-                self.adopt(&mut index, space, net).await.map(|_| ())
-            }
+            None if version > 0 => self.adopt_unlocked(cache, space, net).await.map(|_| ()),
             None => Ok(()),
         }
     }
