@@ -7,3 +7,11 @@ CREATE TABLE retired (
     version INTEGER NOT NULL,
     PRIMARY KEY (tenant, space, subnet)
 ) STRICT;
+
+-- Every deletion of a subnet records its last version.
+CREATE TRIGGER subnets_retire AFTER DELETE ON subnets
+BEGIN
+    INSERT INTO retired (tenant, space, subnet, version)
+    VALUES (old.tenant, old.space, old.subnet, old.version)
+    ON CONFLICT (tenant, space, subnet) DO UPDATE SET version = excluded.version;
+END;

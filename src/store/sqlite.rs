@@ -338,7 +338,7 @@ impl Store for SqliteStore {
     ) -> Result<(), Error> {
         let subnet = net.to_string();
         let err = |e| map_err(e, space, &subnet);
-        let mut tx = self.pool.begin().await.map_err(err)?;
+        // The `subnets_retire` trigger records the last version in `retired`.
         let deleted = sqlx::query(
             "DELETE FROM subnets WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
         )
@@ -346,7 +346,7 @@ impl Store for SqliteStore {
         .bind(space)
         .bind(&subnet)
         .bind(to_i64(version)?)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await
         .map_err(err)?
         .rows_affected();
@@ -356,18 +356,7 @@ impl Store for SqliteStore {
                 subnet,
             });
         }
-        sqlx::query(
-            "INSERT INTO retired (tenant, space, subnet, version) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (tenant, space, subnet) DO UPDATE SET version = excluded.version",
-        )
-        .bind(tenant)
-        .bind(space)
-        .bind(&subnet)
-        .bind(to_i64(version)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)
+        Ok(())
     }
 
     async fn put_remote_pool(

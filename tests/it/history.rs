@@ -425,32 +425,12 @@ async fn history(kill: bool) {
         .collect();
     let uncertain_dynamic: usize = outcomes.iter().map(|o| o.uncertain_dynamic).sum();
     let mut expected: BTreeMap<IpNet, BTreeSet<IpAddr>> = BTreeMap::new();
+    let subnet_of = |id: &str| id.parse::<allot::engine::PoolId>().unwrap().subnet();
     for id in shared.iter() {
-        expected.insert(
-            id.split('/')
-                .skip(1)
-                .take(2)
-                .collect::<Vec<_>>()
-                .join("/")
-                .parse()
-                .unwrap(),
-            BTreeSet::new(),
-        );
+        expected.insert(subnet_of(id), BTreeSet::new());
     }
-    for o in &outcomes {
-        if let Some(id) = &o.own_pool {
-            expected
-                .entry(
-                    id.split('/')
-                        .skip(1)
-                        .take(2)
-                        .collect::<Vec<_>>()
-                        .join("/")
-                        .parse()
-                        .unwrap(),
-                )
-                .or_default();
-        }
+    for id in outcomes.iter().filter_map(|o| o.own_pool.as_deref()) {
+        expected.entry(subnet_of(id)).or_default();
     }
     for h in outcomes.iter().flat_map(|o| &o.held) {
         let net = expected.keys().copied().find(|n| n.contains(&h.address));
