@@ -397,6 +397,7 @@ impl Builtin {
             Err(e) => Err(e.into()),
         }
     }
+
     /// Plans a pool request on the cached subnets and carries it out: creates the subnet
     /// or adds the sub-pool to it. A refusal decided on the cache is checked against the
     /// store first.
