@@ -6,16 +6,19 @@
 //!
 //! It must never buffer or parse what passes: it only watches that bytes move.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
@@ -48,12 +51,23 @@ impl Default for Limits {
     }
 }
 
-/// Counts the connections open, shared by the listeners.
+/// Counts the connections open, shared by the listeners, and knows which have not sent a
+/// byte yet: when the cap is reached, the oldest of those makes room for a newcomer, so a
+/// flood of silent connections cannot lock well-behaved clients out.
 #[derive(Debug, Clone)]
 pub struct Gate {
     limits: Limits,
     // Invariant: the number of `Guarded` connections alive.
     open: Arc<AtomicUsize>,
+    // Connections admitted silent, oldest first (some have spoken or closed since).
+    silent: Arc<Mutex<VecDeque<Weak<Silence>>>>,
+}
+
+/// What a gate shares with a connection that has not spoken yet.
+#[derive(Debug, Default)]
+struct Silence {
+    evict: Arc<Notify>,
+    spoke: AtomicBool,
 }
 
 impl Gate {
@@ -63,27 +77,59 @@ impl Gate {
         Self {
             limits,
             open: Arc::new(AtomicUsize::new(0)),
+            silent: Arc::default(),
         }
     }
 
-    /// Admits `stream`, or returns it when the cap is reached (the caller drops it, which
-    /// closes it).
+    /// Admits `stream`: under the cap, or over it in place of the oldest connection still
+    /// silent (which is closed). Returns it when every connection open has spoken (the caller
+    /// drops it, which closes it).
     fn admit<S>(&self, stream: S) -> Result<Guarded<S>, S> {
-        let admitted = self
+        let under_cap = self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limits.max_connections).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            return Err(stream);
+            })
+            .is_ok();
+        if !under_cap {
+            if !self.evict_oldest_silent() {
+                return Err(stream);
+            }
+            // Over the cap until the evicted connection is dropped, a moment from now.
+            self.open.fetch_add(1, Ordering::AcqRel);
         }
+        let silence = Arc::new(Silence::default());
+        let mut silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        // Forget connections that spoke or closed, so the queue stays as long as the cap.
+        silent.retain(|s| {
+            s.upgrade()
+                .is_some_and(|s| !s.spoke.load(Ordering::Acquire))
+        });
+        silent.push_back(Arc::downgrade(&silence));
+        drop(silent);
         Ok(Guarded {
             inner: stream,
             open: Arc::clone(&self.open),
             deadline: Box::pin(tokio::time::sleep(self.limits.handshake_timeout)),
+            evicted: Some(Box::pin(Arc::clone(&silence.evict).notified_owned())),
+            silence,
             greeted: false,
             idle: self.limits.idle_timeout,
         })
+    }
+
+    /// Tells the oldest connection still silent to close; returns whether there was one.
+    fn evict_oldest_silent(&self) -> bool {
+        let mut silent = self.silent.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(oldest) = silent.pop_front() {
+            if let Some(s) = oldest.upgrade()
+                && !s.spoke.load(Ordering::Acquire)
+            {
+                s.evict.notify_one();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -236,6 +282,9 @@ impl RateLog {
 pub struct Guarded<S> {
     inner: S,
     open: Arc<AtomicUsize>,
+    silence: Arc<Silence>,
+    // Until the first bytes: resolves when the gate evicts this connection to make room.
+    evicted: Option<Pin<Box<OwnedNotified>>>,
     // Invariant: the handshake deadline until the first bytes are read, then the idle one,
     // pushed back by every read or write that moved bytes.
     deadline: Pin<Box<Sleep>>,
@@ -245,12 +294,24 @@ pub struct Guarded<S> {
 
 impl<S> Guarded<S> {
     fn moved(&mut self) {
-        self.greeted = true;
+        if !self.greeted {
+            self.greeted = true;
+            self.silence.spoke.store(true, Ordering::Release);
+            self.evicted = None;
+        }
         let at = Instant::now() + self.idle;
         self.deadline.as_mut().reset(at);
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        if let Some(evicted) = &mut self.evicted
+            && evicted.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection silent while the connection cap was reached: closed for a newcomer",
+            ));
+        }
         ready!(self.deadline.as_mut().poll(cx));
         let why = if self.greeted {
             "connection idle for too long"
@@ -360,20 +421,37 @@ mod tests {
     async fn a_silent_connection_is_closed_and_its_slot_freed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let gate = Gate::new(limits(1));
+        let gate = Gate::new(limits(4));
         let mut incoming = Incoming::new(listener, gate.clone(), "test");
         let _silent = TcpStream::connect(addr).await.unwrap();
         let mut conn = incoming.next().await;
-        // Over the cap: closed on arrival (the client reads EOF).
+        let err = conn.read(&mut [0; 8]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("handshake"), "{err}");
+        drop(conn);
+        assert_eq!(gate.open.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_silent_connection_makes_room() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Incoming::new(listener, Gate::new(limits(1)), "test");
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let mut first = incoming.next().await;
+        // A newcomer at the cap: admitted, and the silent one is closed at once.
+        let mut talker = TcpStream::connect(addr).await.unwrap();
+        let mut second = incoming.next().await;
+        let err = first.read(&mut [0; 8]).await.unwrap_err();
+        assert!(err.to_string().contains("newcomer"), "{err}");
+        drop(first);
+        talker.write_all(b"x").await.unwrap();
+        second.read_exact(&mut [0; 1]).await.unwrap();
+        // Every connection open has spoken: a further one is closed on arrival.
         let mut refused = TcpStream::connect(addr).await.unwrap();
         let accept_more = tokio::time::timeout(Duration::from_millis(100), incoming.next()).await;
         assert!(accept_more.is_err(), "nothing admitted over the cap");
         assert_eq!(refused.read(&mut [0; 8]).await.unwrap(), 0);
-        let mut buf = [0; 8];
-        let err = conn.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        drop(conn);
-        assert_eq!(gate.open.load(Ordering::Acquire), 0);
     }
 
     /// A listener that fails every accept (out of file descriptors), counting the tries.
