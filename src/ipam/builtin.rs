@@ -440,8 +440,11 @@ impl Builtin {
                     drop(index);
                     match self.submit(&id, Op::AddPool).await {
                         Ok(_) => return Ok(id),
-                        // The subnet went away under us (another replica released it).
-                        Err(Error::Engine(engine::Error::PoolNotFound { .. })) => {}
+                        // The subnet went away under us (another replica released it):
+                        // drop it from the index before planning again.
+                        Err(Error::Engine(engine::Error::PoolNotFound { .. })) => {
+                            self.ctx.recheck(space, id.subnet()).await?;
+                        }
                         Err(e) => return Err(e),
                     }
                 }
@@ -1175,6 +1178,29 @@ mod tests {
         b.request_address(&id, &at("10.55.0.1")).await.unwrap();
         let taken = b.request_address(&id, &at("10.55.0.5")).await;
         assert_eq!(taken.expect_err("in use").kind(), Kind::AlreadyExists);
+    }
+
+    #[tokio::test]
+    async fn a_sub_pool_of_a_subnet_released_elsewhere_creates_it_anew() {
+        let (a, b, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.56.0.0/24"))
+            .await
+            .unwrap();
+        b.request_address(&id, &AddressRequest::default())
+            .await
+            .unwrap();
+        a.release_pool(&id).await.unwrap();
+        // B plans to join the subnet it caches; the store has none.
+        let req = PoolRequest::parse("10.56.0.0/24", "10.56.0.128/25", false).unwrap();
+        let sub = b.request_pool("local", &req).await.unwrap();
+        assert_eq!(sub.to_string(), "local/10.56.0.0/24/10.56.0.128/25");
+        let first = a.request_address(&sub, &AddressRequest::default()).await;
+        assert_eq!(
+            first.unwrap().to_string(),
+            "10.56.0.128/24",
+            "a fresh subnet"
+        );
     }
 
     #[tokio::test]
