@@ -130,6 +130,13 @@ pub async fn refuses_duplicates_and_stale_versions<S: Store>(store: &S) {
         .await
         .expect("delete");
     assert!(store.load("t1").await.expect("load").is_empty());
+    assert!(
+        matches!(
+            store.delete_subnet("t1", "local", s.net(), 2).await,
+            Err(Error::NotFound { .. })
+        ),
+        "deleting a subnet that is not stored"
+    );
 }
 
 fn block_of(subnet: &Subnet, address: IpAddr) -> u128 {

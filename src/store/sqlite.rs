@@ -351,9 +351,11 @@ impl Store for SqliteStore {
         .map_err(err)?
         .rows_affected();
         if deleted == 0 {
-            return Err(Error::Conflict {
-                space: space.to_owned(),
-                subnet,
+            let stored = self.version(tenant, space, net).await?;
+            let space = space.to_owned();
+            return Err(match stored {
+                Some(_) => Error::Conflict { space, subnet },
+                None => Error::NotFound { space, subnet },
             });
         }
         Ok(())
