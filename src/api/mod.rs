@@ -1,6 +1,7 @@
 //! The APIs: a thin tonic service over an [`Ipam`](crate::ipam::Ipam) driver with the one
-//! error → status map, and Docker's remote IPAM plugin protocol on a unix socket. Only this
-//! module and `proto` know tonic and prost.
+//! error → status map, and Docker's remote IPAM plugin protocol on a unix socket. Of the
+//! library's layers, only this module and `proto` know tonic and prost (`startup` and `cli`,
+//! which build the server and the client, use tonic's transport too).
 
 pub mod codec;
 pub mod conn;

@@ -28,7 +28,7 @@ use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
 /// The Postgres schema migrations, run at startup and by `allot migrate`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// The channel every change is announced on; the payload is JSON (see [`Notice`]).
+/// The channel every change is announced on; the payload is JSON (see [`notice`]).
 const CHANNEL: &str = "allot_subnets";
 
 /// How long to wait before reconnecting the listener after losing it.
