@@ -192,7 +192,31 @@ async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {
 /// Turns a status into a one-line error.
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(failed)`
 fn failed(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+    anyhow::anyhow!("{}: {}", code_name(status.code()), status.message())
+}
+
+/// A status code as gRPC spells it (`NOT_FOUND`), as grpcurl and the docs show it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
 }
 
 /// Parses `KEY=VALUE`.
@@ -226,9 +250,12 @@ async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
             println!("{}", r.get_ref().pool_id);
         }
         PoolCommand::Release { pool_id } => {
-            c.release_pool(pb::ReleasePoolRequest { pool_id })
-                .await
-                .map_err(failed)?;
+            c.release_pool(pb::ReleasePoolRequest {
+                pool_id: pool_id.clone(),
+            })
+            .await
+            .map_err(failed)?;
+            println!("released {pool_id}");
         }
         PoolCommand::List { space } => {
             let r = c
@@ -239,6 +266,10 @@ async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
                 .map_err(failed)?;
             for p in &r.get_ref().pools {
                 println!("{}", p.pool_id);
+            }
+            if r.get_ref().pools.is_empty() {
+                // On stderr: a script reading the ids sees none.
+                eprintln!("(no pools)");
             }
         }
     }
@@ -276,9 +307,13 @@ async fn address(server: &str, cmd: AddressCommand) -> anyhow::Result<()> {
             println!("{}", r.get_ref().address);
         }
         AddressCommand::Release { pool_id, address } => {
-            c.release_address(pb::ReleaseAddressRequest { pool_id, address })
-                .await
-                .map_err(failed)?;
+            c.release_address(pb::ReleaseAddressRequest {
+                pool_id: pool_id.clone(),
+                address: address.clone(),
+            })
+            .await
+            .map_err(failed)?;
+            println!("released {address} in {pool_id}");
         }
     }
     Ok(())

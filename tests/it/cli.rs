@@ -87,26 +87,31 @@ async fn the_cli_requests_releases_and_reports() {
     .await;
     assert!(!ok);
     assert!(
-        err.contains("InvalidArgument") && err.contains("colour"),
+        err.starts_with("allot: INVALID_ARGUMENT: ") && err.contains("colour"),
         "{err}"
     );
     let (ok, _, err) = allot(&server, &["pool", "request", "--option", "colour"]).await;
     assert!(!ok && err.contains("KEY=VALUE"), "{err}");
 
-    let (ok, _, _) = allot(&server, &["address", "release", &id, "10.20.0.128"]).await;
+    let (ok, out, _) = allot(&server, &["address", "release", &id, "10.20.0.128"]).await;
+    assert_eq!(out.trim(), format!("released 10.20.0.128 in {id}"));
     assert!(ok);
     let (ok, _, err) = allot(&server, &["address", "release", &id, "10.20.0.255"]).await;
     assert!(!ok, "the broadcast address cannot be released");
     assert!(
-        err.contains("FailedPrecondition") && err.contains("10.20.0.255"),
+        err.starts_with("allot: FAILED_PRECONDITION: ") && err.contains("10.20.0.255"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    let (ok, _, _) = allot(&server, &["pool", "release", &id]).await;
+    let (ok, out, _) = allot(&server, &["pool", "release", &id]).await;
     assert!(ok);
+    assert_eq!(out.trim(), format!("released {id}"));
     let (ok, out, _) = allot(&server, &["state"]).await;
     assert!(ok);
     assert!(out.contains("(no pools)"), "{out}");
+    let (ok, out, err) = allot(&server, &["pool", "list"]).await;
+    assert!(ok && out.is_empty(), "{out}");
+    assert_eq!(err.trim(), "(no pools)");
     app.stop().await;
 
     // A server that is not there: one line, non-zero.
