@@ -184,9 +184,33 @@ async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {
     } else {
         format!("http://{server}")
     };
+    if !url.starts_with("http://") {
+        // tonic without TLS would talk plaintext to an https:// address.
+        anyhow::bail!("server {url}: only http:// is supported (no TLS in this build)");
+    }
     IpamServiceClient::connect(url.clone())
         .await
         .with_context(|| format!("connecting to {url}"))
+}
+
+/// An error and its causes on one line, each said once: transport errors repeat their
+/// cause's words ("tcp connect error: tcp connect error: …").
+#[must_use]
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if last.contains(&said) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&said);
+        last = said;
+    }
+    line
 }
 
 /// Turns a status into a one-line error.

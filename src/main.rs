@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match allot::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("allot: {e:#}");
+            eprintln!("allot: {}", allot::cli::one_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

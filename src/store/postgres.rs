@@ -18,7 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipnet::IpNet;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
 use super::{Change, Error, Event, Store, SubnetLock, SubnetRecord, parse_versions};
@@ -54,6 +54,14 @@ impl PgStore {
     /// cannot be reached.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
         let options = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.into()))?;
+        // One connection first, for its error: the pool's would only say it timed out.
+        let probe = timed(timeout, async {
+            PgConnection::connect_with(&options)
+                .await
+                .map_err(|e| map_err(e, "", ""))
+        })
+        .await?;
+        let _ = probe.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(timeout)

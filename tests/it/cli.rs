@@ -118,6 +118,14 @@ async fn the_cli_requests_releases_and_reports() {
     let (ok, _, err) = allot(&server, &["state"]).await;
     assert!(!ok);
     assert!(err.starts_with("allot: connecting to"), "{err}");
+    assert_eq!(
+        err.matches("tcp connect error").count(),
+        1,
+        "each cause once: {err}"
+    );
+    // TLS is not built in: an https:// server is refused, not spoken to in plaintext.
+    let (ok, _, err) = allot(&format!("https://{server}"), &["state"]).await;
+    assert!(!ok && err.contains("only http://"), "{err}");
 }
 
 #[tokio::test]
