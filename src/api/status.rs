@@ -15,8 +15,13 @@ pub fn status(err: &Error) -> Status {
             Status::internal("internal error (details are in the server log)")
         }
         Code::Unavailable => {
-            tracing::warn!(error = %chain(err), "storage unavailable");
-            Status::unavailable("storage unavailable, retry later")
+            // Which part is down, without its address (logged in full).
+            let what = match err {
+                Error::Driver { driver, .. } => format!("{driver} driver"),
+                _ => "storage".to_owned(),
+            };
+            tracing::warn!(error = %chain(err), "{what} unavailable");
+            Status::unavailable(format!("{what} unavailable, retry later"))
         }
         Code::Aborted => {
             tracing::warn!(error = %chain(err), "concurrent change");

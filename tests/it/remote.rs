@@ -177,6 +177,7 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
     assert_eq!(b.terminate().code(), Some(0));
     let err = request_address(&mut ca, &id, "", &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "remote driver unavailable, retry later");
     assert_eq!(counts(&state(&mut ca, &id).await), (5, 125, 125));
     let b = Server::start_with(&b_url, &b_dir, &b_flags);
     wait_for_socket(&socket).await;
