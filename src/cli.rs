@@ -23,13 +23,9 @@ use crate::{startup, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "allot", version, about)]
 pub struct Cli {
-    /// The server the client commands talk to.
-    #[arg(
-        long,
-        global = true,
-        env = "ALLOT_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    /// The server the client commands talk to (given before the command: `allot --server
+    /// HOST:PORT state`).
+    #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
     #[command(subcommand)]
