@@ -46,7 +46,7 @@ pub enum Command {
     Address(AddressCommand),
     /// Show how full every pool (or the pools named) is.
     State {
-        /// Pool ids; none for every pool.
+        /// Pool ids (`<space>/<subnet>[/<sub-pool>]`); none for every pool.
         pool_ids: Vec<String>,
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
@@ -74,8 +74,11 @@ pub enum PoolCommand {
         #[arg(long = "option", value_parser = parse_option)]
         options: Vec<(String, String)>,
     },
-    /// Delete a pool.
-    Release { pool_id: String },
+    /// Delete a pool (its subnet goes with its last pool).
+    Release {
+        /// The pool's id, as `pool request` printed it: `<space>/<subnet>[/<sub-pool>]`.
+        pool_id: String,
+    },
     /// List pools.
     List {
         /// Only this address space.
@@ -88,6 +91,7 @@ pub enum PoolCommand {
 pub enum AddressCommand {
     /// Allocate an address and print it (with the subnet's prefix length).
     Request {
+        /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
         pool_id: String,
         /// The address wanted; omit for the next free one.
         address: Option<String>,
@@ -101,8 +105,13 @@ pub enum AddressCommand {
         #[arg(long = "option", value_parser = parse_option)]
         options: Vec<(String, String)>,
     },
-    /// Free an address.
-    Release { pool_id: String, address: String },
+    /// Free an address (freeing a free one succeeds).
+    Release {
+        /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
+        pool_id: String,
+        /// The address, as `address request` printed it or without its prefix length.
+        address: String,
+    },
 }
 
 /// Output format of `allot state`.
