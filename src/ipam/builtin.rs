@@ -1073,6 +1073,17 @@ mod tests {
         }
     }
 
+    /// A pool of `pool` created on A and used on B (so B caches its subnet), then released
+    /// on A: B's cache is now wrong.
+    async fn released_behind_bs_back(a: &Builtin, b: &Builtin, pool: &str) -> PoolId {
+        let id = a.request_pool("local", &exact(pool)).await.unwrap();
+        b.request_address(&id, &AddressRequest::default())
+            .await
+            .unwrap();
+        a.release_pool(&id).await.unwrap();
+        id
+    }
+
     async fn in_use(store: &Arc<dyn Store>, net: &str) -> u128 {
         let fresh = Builtin::load(Arc::clone(store), "t", BTreeMap::new());
         let id = PoolId::new("local", net.parse().expect("prefix"), None).expect("id");
@@ -1140,14 +1151,7 @@ mod tests {
     #[tokio::test]
     async fn a_subnet_released_on_another_replica_can_be_created_again() {
         let (a, b, _) = pair().await;
-        let id = a
-            .request_pool("local", &exact("10.53.0.0/24"))
-            .await
-            .unwrap();
-        b.request_address(&id, &AddressRequest::default())
-            .await
-            .unwrap();
-        a.release_pool(&id).await.unwrap();
+        let id = released_behind_bs_back(&a, &b, "10.53.0.0/24").await;
         // B's cache still holds the subnet: its overlap refusal must be checked first.
         let again = b.request_pool("local", &exact("10.53.0.0/16")).await;
         assert_eq!(again.unwrap().to_string(), "local/10.53.0.0/16");
@@ -1183,14 +1187,7 @@ mod tests {
     #[tokio::test]
     async fn a_sub_pool_of_a_subnet_released_elsewhere_creates_it_anew() {
         let (a, b, _) = pair().await;
-        let id = a
-            .request_pool("local", &exact("10.56.0.0/24"))
-            .await
-            .unwrap();
-        b.request_address(&id, &AddressRequest::default())
-            .await
-            .unwrap();
-        a.release_pool(&id).await.unwrap();
+        released_behind_bs_back(&a, &b, "10.56.0.0/24").await;
         // B plans to join the subnet it caches; the store has none.
         let req = PoolRequest::parse("10.56.0.0/24", "10.56.0.128/25", false).unwrap();
         let sub = b.request_pool("local", &req).await.unwrap();

@@ -143,20 +143,11 @@ async fn a_live_plugin_socket_is_not_taken_over() {
         &["--docker-plugin-socket", socket.to_str().unwrap()],
     );
     wait_for_socket(&socket).await;
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "memory:",
-        ])
-        .args(["--docker-plugin-socket", socket.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(
+        "memory:",
+        &["--docker-plugin-socket", socket.to_str().unwrap()],
+    )
+    .await;
     assert!(err.contains("served by another process"), "{err}");
     assert_eq!(plugin_call(&socket).await.unwrap(), "HTTP/1.1 200 OK");
     // A socket left by a process that is gone is taken over.

@@ -247,13 +247,7 @@ async fn a_sqlite_file_in_use_is_refused_and_private() {
     let dir = TempDir::new("two-writers");
     let url = dir.db_url();
     let first = Server::start(&url, &dir.0);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&url, &[]).await;
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     let path = dir.0.join("allot.db");
     let pid = format!("pid {}", first.child.id());
@@ -301,19 +295,7 @@ async fn overlapping_stored_subnets_are_refused_at_startup() {
                 .unwrap();
         }
     }
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &dir.db_url(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refused(&dir.db_url(), &[]).await;
     assert!(
         err.contains("10.80.0.0/16") && err.contains("10.80.0.0/24") && err.contains("overlaps"),
         "{err}"

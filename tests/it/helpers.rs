@@ -524,3 +524,16 @@ pub async fn converged_state(servers: &[Option<Server>]) -> Vec<pb::PoolState> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `allot serve` on `db_url` with more flags, expecting it to refuse to start; returns
+/// what it said on stderr.
+pub async fn serve_refused(db_url: &str, flags: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", db_url])
+        .args(flags)
+        .output()
+        .await
+        .expect("run allot serve");
+    assert!(!out.status.success(), "allot serve started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
