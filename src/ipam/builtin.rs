@@ -320,9 +320,8 @@ impl Builtin {
     /// Concurrent mutations of one subnet are applied in arrival order to one copy and
     /// persisted in one transaction (group commit); each caller is answered only after that
     /// commit. The batch runs in a task of its own, so a caller that goes away cannot cut a
-    /// commit short.
-    async fn submit(&self, id: &PoolId, op: Op) -> Result<Outcome, Error> {
-        let arrived = Instant::now();
+    /// commit short. The whole request, from `arrived`, is bounded by the store's timeout.
+    async fn submit(&self, arrived: Instant, id: &PoolId, op: Op) -> Result<Outcome, Error> {
         let cell = self.ctx.bounded(arrived, self.cell(id)).await?;
         let (reply, answer) = oneshot::channel();
         cell.pending
@@ -400,8 +399,16 @@ impl Builtin {
 
     /// Plans a pool request on the cached subnets and carries it out: creates the subnet
     /// or adds the sub-pool to it. A refusal decided on the cache is checked against the
-    /// store first.
-    async fn plan_and_create(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
+    /// store first. Each step that reads or writes the store ends within the store's timeout
+    /// of `started`; the sub-pool's batch answers by then too, so a pool is never added
+    /// after its caller was told it failed.
+    async fn plan_and_create(
+        &self,
+        space: &str,
+        req: &PoolRequest,
+        started: Instant,
+    ) -> Result<PoolId, Error> {
+        let ctx = &self.ctx;
         let cache = self.space(space)?;
         let mut tried = String::new();
         let mut synced = false;
@@ -421,8 +428,8 @@ impl Builtin {
                     };
                     drop(index);
                     match clash {
-                        Some(net) => self.ctx.recheck(space, net).await?,
-                        None => self.ctx.sync(Some(space)).await?,
+                        Some(net) => ctx.bounded(started, ctx.recheck(space, net)).await?,
+                        None => ctx.bounded(started, ctx.sync(Some(space))).await?,
                     }
                     synced = true;
                     continue;
@@ -432,18 +439,19 @@ impl Builtin {
             tried = id.subnet().to_string();
             match plan {
                 PoolPlan::NewSubnet => {
-                    if self.create(&mut index, &id).await? {
+                    if ctx.bounded(started, self.create(&mut index, &id)).await? {
                         return Ok(id);
                     }
                 }
                 PoolPlan::JoinSubnet => {
                     drop(index);
-                    match self.submit(&id, Op::AddPool).await {
+                    match self.submit(started, &id, Op::AddPool).await {
                         Ok(_) => return Ok(id),
                         // The subnet went away under us (another replica released it):
                         // drop it from the index before planning again.
                         Err(Error::Engine(engine::Error::PoolNotFound { .. })) => {
-                            self.ctx.recheck(space, id.subnet()).await?;
+                            ctx.bounded(started, ctx.recheck(space, id.subnet()))
+                                .await?;
                         }
                         Err(e) => return Err(e),
                     }
@@ -968,10 +976,7 @@ impl Ipam for Builtin {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
-        let started = Instant::now();
-        self.ctx
-            .bounded(started, self.plan_and_create(space, req))
-            .await
+        self.plan_and_create(space, req, Instant::now()).await
     }
 
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
@@ -1000,14 +1005,17 @@ impl Ipam for Builtin {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        let Outcome::Address(address) = self.submit(id, Op::Allocate(*req)).await? else {
+        let Outcome::Address(address) = self.submit(Instant::now(), id, Op::Allocate(*req)).await?
+        else {
             return Err(Error::Internal("an allocation answered no address".into()));
         };
         IpNet::new(address, id.subnet().prefix_len()).map_err(|e| Error::Internal(e.to_string()))
     }
 
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.submit(id, Op::Release(address)).await.map(|_| ())
+        self.submit(Instant::now(), id, Op::Release(address))
+            .await
+            .map(|_| ())
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
