@@ -1041,9 +1041,15 @@ impl Ipam for Builtin {
             return Ok(out);
         }
         for id in ids {
-            let subnet = self.cell(id).await?.view();
+            let mut subnet = self.cell(id).await?.view();
             if !subnet.has_pool(id.sub_pool()) {
-                return Err(not_found(id));
+                // A sub-pool another replica added a moment ago: ask the store before
+                // NOT_FOUND, as for a subnet missing from the cache.
+                self.ctx.recheck(id.space(), id.subnet()).await?;
+                subnet = self.cell(id).await?.view();
+                if !subnet.has_pool(id.sub_pool()) {
+                    return Err(not_found(id));
+                }
             }
             out.push(state(id, &subnet));
         }
@@ -1209,7 +1215,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_pool_state_leaves_out_pools_released_meanwhile() {
+    async fn a_sub_pool_added_on_another_replica_has_a_state() {
+        let (a, b, _) = pair().await;
+        let id = a
+            .request_pool("local", &exact("10.57.0.0/24"))
+            .await
+            .unwrap();
+        // B caches the subnet before the sub-pool exists.
+        b.utilization(std::slice::from_ref(&id)).await.unwrap();
+        let req = PoolRequest::parse("10.57.0.0/24", "10.57.0.64/26", false).unwrap();
+        let sub = a.request_pool("local", &req).await.unwrap();
+        let states = b.utilization(std::slice::from_ref(&sub)).await;
+        assert_eq!(states.expect("found in the store").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_pool_state_follows_pools_created_and_released() {
         let (a, _, _) = pair().await;
         let id = a
             .request_pool("local", &exact("10.54.0.0/24"))
