@@ -185,6 +185,16 @@ fn pool_key(sub_pool: Option<IpNet>) -> String {
     sub_pool.map(|p| p.to_string()).unwrap_or_default()
 }
 
+/// Writes a version as a SQL store keeps it (a signed 64-bit integer).
+fn to_sql_version(version: u64) -> Result<i64, Error> {
+    i64::try_from(version).map_err(|e| Error::Internal(e.into()))
+}
+
+/// Reads a version as a SQL store keeps it (a signed 64-bit integer).
+fn from_sql_version(version: i64) -> Result<u64, Error> {
+    u64::try_from(version).map_err(|e| Error::Internal(e.into()))
+}
+
 /// Reads `(space, subnet, version)` rows as a store lists them.
 fn parse_versions(rows: Vec<(String, String, i64)>) -> Result<Vec<(String, IpNet, u64)>, Error> {
     rows.into_iter()
@@ -194,7 +204,7 @@ fn parse_versions(rows: Vec<(String, String, i64)>) -> Result<Vec<(String, IpNet
                 subnet
                     .parse()
                     .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?,
-                u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+                from_sql_version(version)?,
             ))
         })
         .collect()

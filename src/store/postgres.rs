@@ -21,7 +21,10 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow}
 use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
-use super::{Change, Error, Event, Store, SubnetLock, SubnetRecord, parse_versions};
+use super::{
+    Change, Error, Event, Store, SubnetLock, SubnetRecord, from_sql_version, parse_versions,
+    to_sql_version,
+};
 use crate::engine::addrset::{addr_bits, host_mask};
 use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
 
@@ -303,16 +306,12 @@ fn assemble(
         }
         let subnet = Subnet::from_parts(addrs, sub_pools).map_err(corrupt)?;
         out.push(SubnetRecord {
-            version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+            version: from_sql_version(version)?,
             space: key.0,
             subnet,
         });
     }
     Ok(out)
-}
-
-fn to_i64(version: u64) -> Result<i64, Error> {
-    i64::try_from(version).map_err(|e| Error::Internal(e.into()))
 }
 
 /// Maps a driver error into the store's terms, by SQLSTATE: an unreachable, restarting or
@@ -438,7 +437,7 @@ async fn write_change<'e>(
     .bind(tenant)
     .bind(space)
     .bind(net.to_string())
-    .bind(to_i64(version)?)
+    .bind(to_sql_version(version)?)
     .bind(after.addrs().cursor().to_string())
     .bind(rows.removed)
     .bind(rows.firsts)
@@ -486,9 +485,7 @@ impl Store for PgStore {
                 .map_err(|e| map_err(e, space, &subnet))
             })
             .await?;
-        version
-            .map(|v| u64::try_from(v).map_err(|e| Error::Internal(e.into())))
-            .transpose()
+        version.map(from_sql_version).transpose()
     }
 
     async fn create_subnet(
@@ -538,7 +535,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(err)?;
-            let version = u64::try_from(version).map_err(|e| Error::Internal(e.into()))?;
+            let version = from_sql_version(version)?;
             write_pools(&mut tx, tenant, space, subnet)
                 .await
                 .map_err(err)?;
@@ -628,7 +625,7 @@ impl Store for PgStore {
             .bind(tenant)
             .bind(space)
             .bind(&subnet)
-            .bind(to_i64(version)?)
+            .bind(to_sql_version(version)?)
             .bind(CHANNEL)
             .bind(notice(tenant, space, net, 0))
             .fetch_all(&self.pool)
@@ -670,7 +667,7 @@ impl Store for PgStore {
                     subnet: subnet.clone(),
                 });
             };
-            let version = u64::try_from(version).map_err(|e| Error::Internal(e.into()))?;
+            let version = from_sql_version(version)?;
             // Read under the lock, the subnet cannot change until this transaction ends.
             let reloaded = if version == cached_version {
                 None

@@ -16,7 +16,10 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{Change, Error, Store, SubnetRecord, decode_subnet, parse_versions, pool_key};
+use super::{
+    Change, Error, Store, SubnetRecord, decode_subnet, from_sql_version, parse_versions, pool_key,
+    to_sql_version,
+};
 use crate::engine::Subnet;
 
 /// The SQLite schema migrations, run at startup and by `allot migrate`.
@@ -163,10 +166,6 @@ impl SqliteStore {
     }
 }
 
-fn to_i64(version: u64) -> Result<i64, Error> {
-    i64::try_from(version).map_err(|e| Error::Internal(e.into()))
-}
-
 /// Maps a driver error into the store's terms: busy or unreachable is `Unavailable`, a
 /// duplicate key a `Conflict`, anything else `Internal`.
 fn map_err(e: sqlx::Error, space: &str, subnet: &str) -> Error {
@@ -210,7 +209,7 @@ impl Store for SqliteStore {
                 .map_err(err)?;
             out.push(SubnetRecord {
                 subnet: decode_subnet(&space, &subnet, &state, &pools)?,
-                version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+                version: from_sql_version(version)?,
                 space,
             });
         }
@@ -246,7 +245,7 @@ impl Store for SqliteStore {
         Ok(Some(SubnetRecord {
             space: space.to_owned(),
             subnet: decode_subnet(space, &subnet, &state, &pools)?,
-            version: u64::try_from(version).map_err(|e| Error::Internal(e.into()))?,
+            version: from_sql_version(version)?,
         }))
     }
 
@@ -276,7 +275,7 @@ impl Store for SqliteStore {
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        u64::try_from(version).map_err(|e| Error::Internal(e.into()))
+        from_sql_version(version)
     }
 
     async fn update_subnet(
@@ -294,12 +293,12 @@ impl Store for SqliteStore {
             "UPDATE subnets SET version = ?, state = ? \
              WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
         )
-        .bind(to_i64(version)?)
+        .bind(to_sql_version(version)?)
         .bind(subnet.addrs().encode())
         .bind(tenant)
         .bind(space)
         .bind(&net)
-        .bind(to_i64(version.saturating_sub(1))?)
+        .bind(to_sql_version(version.saturating_sub(1))?)
         .execute(&mut *tx)
         .await
         .map_err(err)?
@@ -345,7 +344,7 @@ impl Store for SqliteStore {
         .bind(tenant)
         .bind(space)
         .bind(&subnet)
-        .bind(to_i64(version)?)
+        .bind(to_sql_version(version)?)
         .execute(&self.pool)
         .await
         .map_err(err)?
@@ -409,9 +408,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| map_err(e, space, &subnet))?;
-        version
-            .map(|v| u64::try_from(v).map_err(|e| Error::Internal(e.into())))
-            .transpose()
+        version.map(from_sql_version).transpose()
     }
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
