@@ -185,6 +185,17 @@ fn pool_key(sub_pool: Option<IpNet>) -> String {
     sub_pool.map(|p| p.to_string()).unwrap_or_default()
 }
 
+/// Tells apart, after a write that matched no row, a subnet another writer changed
+/// (`Conflict`) from one that is not stored (`NotFound`).
+async fn missed<S: Store + ?Sized>(store: &S, tenant: &str, space: &str, net: IpNet) -> Error {
+    let (space, subnet) = (space.to_owned(), net.to_string());
+    match store.version(tenant, &space, net).await {
+        Ok(Some(_)) => Error::Conflict { space, subnet },
+        Ok(None) => Error::NotFound { space, subnet },
+        Err(e) => e,
+    }
+}
+
 /// Writes a version as a SQL store keeps it (a signed 64-bit integer).
 fn to_sql_version(version: u64) -> Result<i64, Error> {
     i64::try_from(version).map_err(|e| Error::Internal(e.into()))

@@ -22,8 +22,8 @@ use sqlx::{Connection, PgConnection, Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
 use super::{
-    Change, Error, Event, Store, SubnetLock, SubnetRecord, from_sql_version, parse_versions,
-    to_sql_version,
+    Change, Error, Event, Store, SubnetLock, SubnetRecord, from_sql_version, missed,
+    parse_versions, to_sql_version,
 };
 use crate::engine::addrset::{addr_bits, host_mask};
 use crate::engine::{self, AddrSet, Bitmap, Run, Subnet};
@@ -114,24 +114,6 @@ impl PgStore {
         let records = read_subnets(&mut tx, tenant, key).await?;
         tx.commit().await.map_err(err)?;
         Ok(records)
-    }
-
-    /// Tells apart a missing subnet from a stale version, after a write matched no row.
-    async fn missed(&self, tenant: &str, space: &str, subnet: &str) -> Error {
-        let exists = sqlx::query(
-            "SELECT 1 FROM subnets WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr",
-        )
-        .bind(tenant)
-        .bind(space)
-        .bind(subnet)
-        .fetch_optional(&self.pool)
-        .await;
-        let (space, subnet) = (space.to_owned(), subnet.to_owned());
-        match exists {
-            Ok(Some(_)) => Error::Conflict { space, subnet },
-            Ok(None) => Error::NotFound { space, subnet },
-            Err(e) => map_err(e, &space, &subnet),
-        }
     }
 }
 
@@ -594,7 +576,7 @@ impl Store for PgStore {
             if updated {
                 Ok(())
             } else {
-                Err(self.missed(tenant, space, &net).await)
+                Err(missed(self, tenant, space, change.after.net()).await)
             }
         })
         .await
@@ -632,7 +614,7 @@ impl Store for PgStore {
             .await
             .map_err(|e| map_err(e, space, &subnet))?;
             if deleted.is_empty() {
-                return Err(self.missed(tenant, space, &subnet).await);
+                return Err(missed(self, tenant, space, net).await);
             }
             Ok(())
         })

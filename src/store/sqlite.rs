@@ -17,8 +17,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Change, Error, Store, SubnetRecord, decode_subnet, from_sql_version, parse_versions, pool_key,
-    to_sql_version,
+    Change, Error, Store, SubnetRecord, decode_subnet, from_sql_version, missed, parse_versions,
+    pool_key, to_sql_version,
 };
 use crate::engine::Subnet;
 
@@ -350,12 +350,7 @@ impl Store for SqliteStore {
         .map_err(err)?
         .rows_affected();
         if deleted == 0 {
-            let stored = self.version(tenant, space, net).await?;
-            let space = space.to_owned();
-            return Err(match stored {
-                Some(_) => Error::Conflict { space, subnet },
-                None => Error::NotFound { space, subnet },
-            });
+            return Err(missed(self, tenant, space, net).await);
         }
         Ok(())
     }
