@@ -113,7 +113,6 @@ impl Gate {
             deadline: Box::pin(tokio::time::sleep(self.limits.handshake_timeout)),
             evicted: Some(Box::pin(Arc::clone(&silence.evict).notified_owned())),
             silence,
-            greeted: false,
             idle: self.limits.idle_timeout,
         })
     }
@@ -283,19 +282,22 @@ pub struct Guarded<S> {
     inner: S,
     open: Arc<AtomicUsize>,
     silence: Arc<Silence>,
-    // Until the first bytes: resolves when the gate evicts this connection to make room.
+    // Invariant: `Some` until the first bytes are read (the connection is "greeted" once it
+    // is `None`); resolves when the gate evicts this connection to make room.
     evicted: Option<Pin<Box<OwnedNotified>>>,
     // Invariant: the handshake deadline until the first bytes are read, then the idle one,
     // pushed back by every read or write that moved bytes.
     deadline: Pin<Box<Sleep>>,
-    greeted: bool,
     idle: Duration,
 }
 
 impl<S> Guarded<S> {
+    fn greeted(&self) -> bool {
+        self.evicted.is_none()
+    }
+
     fn moved(&mut self) {
-        if !self.greeted {
-            self.greeted = true;
+        if !self.greeted() {
             self.silence.spoke.store(true, Ordering::Release);
             self.evicted = None;
         }
@@ -313,7 +315,7 @@ impl<S> Guarded<S> {
             ));
         }
         ready!(self.deadline.as_mut().poll(cx));
-        let why = if self.greeted {
+        let why = if self.greeted() {
             "connection idle for too long"
         } else {
             "connection sent nothing within the handshake timeout"
@@ -357,7 +359,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        if written > 0 && this.greeted {
+        if written > 0 && this.greeted() {
             this.moved();
         }
         Poll::Ready(Ok(written))
