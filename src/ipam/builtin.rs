@@ -1045,7 +1045,8 @@ impl Ipam for Builtin {
             if !subnet.has_pool(id.sub_pool()) {
                 // A sub-pool another replica added a moment ago: ask the store before
                 // NOT_FOUND, as for a subnet missing from the cache.
-                self.ctx.recheck(id.space(), id.subnet()).await?;
+                let recheck = self.ctx.recheck(id.space(), id.subnet());
+                self.ctx.bounded(Instant::now(), recheck).await?;
                 subnet = self.cell(id).await?.view();
                 if !subnet.has_pool(id.sub_pool()) {
                     return Err(not_found(id));
