@@ -1,7 +1,8 @@
 //! Engine benchmarks, each beside the libnetwork figure it answers (see BENCHMARKS.md).
 //!
-//! Everything goes through the public `Space` API (pool lookup, address conversion, the
-//! bitmap), as libnetwork's figures go through its allocator. Run: `cargo bench --bench engine`.
+//! Everything goes through the public `Subnet` API as the built-in driver calls it (the pool
+//! check, address conversion, the counters, the bitmap), as libnetwork's figures go through its
+//! allocator. Run: `cargo bench --bench engine`.
 //! Per-address figures for the whole-/16 benchmarks are the median divided by the count shown.
 
 // Benchmark set-up panics on failure (a bug to see at once), and the address arithmetic
@@ -12,8 +13,8 @@ use std::net::IpAddr;
 
 mod common;
 
-use allot::engine::{AddressRequest, PoolId, Space};
-use common::{Rng, space_with};
+use allot::engine::{AddressRequest, PoolId, Subnet};
+use common::{Rng, subnet_with};
 use divan::{Bencher, black_box};
 
 fn main() {
@@ -47,16 +48,16 @@ fn hosts_16() -> Vec<IpAddr> {
 
 /// A /16 (optionally with a sub-pool) with half of its host addresses taken at random; returns
 /// the taken ones.
-fn half_full_16(sub_pool: &str, seed: u64) -> (Space, PoolId, Vec<IpAddr>, Rng) {
-    let (mut space, id) = space_with("10.0.0.0/16", sub_pool);
+fn half_full_16(sub_pool: &str, seed: u64) -> (Subnet, PoolId, Vec<IpAddr>, Rng) {
+    let (mut subnet, id) = subnet_with("10.0.0.0/16", sub_pool);
     let mut rng = Rng(seed);
     let mut hosts = hosts_16();
     rng.shuffle(&mut hosts);
     hosts.truncate(32_768);
     for &a in &hosts {
-        space.request_address(&id, &at(a)).unwrap();
+        subnet.allocate(&id, &at(a)).unwrap();
     }
-    (space, id, hosts, rng)
+    (subnet, id, hosts, rng)
 }
 
 /// libnetwork: 0.99 µs per address.
@@ -64,19 +65,19 @@ fn half_full_16(sub_pool: &str, seed: u64) -> (Space, PoolId, Vec<IpAddr>, Rng) 
 fn fill_16_lowest_free(bencher: Bencher) {
     bencher
         .counter(65_534u32)
-        .with_inputs(|| space_with("10.0.0.0/16", ""))
-        .bench_local_values(|(mut space, id)| {
-            while space.request_address(&id, &LOWEST).is_ok() {}
-            space
+        .with_inputs(|| subnet_with("10.0.0.0/16", ""))
+        .bench_local_values(|(mut subnet, id)| {
+            while subnet.allocate(&id, &LOWEST).is_ok() {}
+            subnet
         });
 }
 
 fn release_request_pairs(bencher: Bencher, req: AddressRequest) {
-    let (mut space, id, mut taken, mut rng) = half_full_16("", 7);
+    let (mut subnet, id, mut taken, mut rng) = half_full_16("", 7);
     bencher.bench_local(|| {
         let i = rng.below(taken.len());
-        space.release_address(&id, taken[i]).unwrap();
-        taken[i] = space.request_address(&id, black_box(&req)).unwrap();
+        subnet.release(&id, taken[i]).unwrap();
+        taken[i] = subnet.allocate(&id, black_box(&req)).unwrap();
     });
 }
 
@@ -98,32 +99,32 @@ fn release_random_order_from_full_16(bencher: Bencher) {
     bencher
         .counter(65_534u32)
         .with_inputs(|| {
-            let (mut space, id) = space_with("10.0.0.0/16", "");
-            while space.request_address(&id, &LOWEST).is_ok() {}
+            let (mut subnet, id) = subnet_with("10.0.0.0/16", "");
+            while subnet.allocate(&id, &LOWEST).is_ok() {}
             let mut hosts = hosts_16();
             Rng(11).shuffle(&mut hosts);
-            (space, id, hosts)
+            (subnet, id, hosts)
         })
-        .bench_local_values(|(mut space, id, hosts)| {
+        .bench_local_values(|(mut subnet, id, hosts)| {
             for a in hosts {
-                space.release_address(&id, a).unwrap();
+                subnet.release(&id, a).unwrap();
             }
-            space
+            subnet
         });
 }
 
 /// libnetwork: 118 µs per pair.
 #[divan::bench]
 fn serial_release_request_pair_v6_64_holding_100k(bencher: Bencher) {
-    let (mut space, id) = space_with("fd00:1::/64", "");
+    let (mut subnet, id) = subnet_with("fd00:1::/64", "");
     let mut taken: Vec<IpAddr> = (0..100_000)
-        .map(|_| space.request_address(&id, &SERIAL).unwrap())
+        .map(|_| subnet.allocate(&id, &SERIAL).unwrap())
         .collect();
     let mut rng = Rng(13);
     bencher.bench_local(|| {
         let i = rng.below(taken.len());
-        space.release_address(&id, taken[i]).unwrap();
-        taken[i] = space.request_address(&id, &SERIAL).unwrap();
+        subnet.release(&id, taken[i]).unwrap();
+        taken[i] = subnet.allocate(&id, &SERIAL).unwrap();
     });
 }
 
@@ -131,15 +132,15 @@ fn serial_release_request_pair_v6_64_holding_100k(bencher: Bencher) {
 /// free in the /17 range, free over the union of ranges.
 #[divan::bench]
 fn utilization_17_range_of_16_half_full(bencher: Bencher) {
-    let (space, id, _, _) = half_full_16("10.0.128.0/17", 17);
-    bencher.bench_local(|| space.utilization(black_box(&id)).unwrap());
+    let (subnet, id, _, _) = half_full_16("10.0.128.0/17", 17);
+    bencher.bench_local(|| subnet.utilization(black_box(id.sub_pool())));
 }
 
 /// The free count of the /17 range alone, straight from the address set.
 #[divan::bench]
 fn free_count_17_range_of_16_half_full(bencher: Bencher) {
-    let (space, id, _, _) = half_full_16("10.0.128.0/17", 17);
-    let addrs = space.subnet(id.subnet()).unwrap().addrs();
+    let (subnet, id, _, _) = half_full_16("10.0.128.0/17", 17);
+    let addrs = subnet.addrs();
     let range = addrs.range(id.sub_pool());
     bencher.bench_local(|| addrs.free_in(black_box(range)));
 }
@@ -148,13 +149,13 @@ fn free_count_17_range_of_16_half_full(bencher: Bencher) {
 /// allocated in order.
 #[divan::bench]
 fn request_release_8_holding_1m_in_order(bencher: Bencher) {
-    let (mut space, id) = space_with("10.0.0.0/8", "");
+    let (mut subnet, id) = subnet_with("10.0.0.0/8", "");
     for _ in 0..1_000_000 {
-        space.request_address(&id, &LOWEST).unwrap();
+        subnet.allocate(&id, &LOWEST).unwrap();
     }
     bencher.bench_local(|| {
-        let a = space.request_address(&id, &LOWEST).unwrap();
-        space.release_address(&id, a).unwrap();
+        let a = subnet.allocate(&id, &LOWEST).unwrap();
+        subnet.release(&id, a).unwrap();
     });
 }
 
@@ -162,24 +163,24 @@ fn request_release_8_holding_1m_in_order(bencher: Bencher) {
 /// run counts (about one run per allocated address).
 #[divan::bench(sample_count = 20)]
 fn release_request_pair_8_holding_1m_scattered(bencher: Bencher) {
-    let (mut space, id) = space_with("10.0.0.0/8", "");
+    let (mut subnet, id) = subnet_with("10.0.0.0/8", "");
     let mut rng = Rng(19);
     let mut taken = Vec::with_capacity(1_000_000);
     while taken.len() < 1_000_000 {
         let n = 1 + (rng.next() % ((1 << 24) - 2)) as u32;
         let a = IpAddr::from((10u32 << 24 | n).to_be_bytes());
-        if space.request_address(&id, &at(a)).is_ok() {
+        if subnet.allocate(&id, &at(a)).is_ok() {
             taken.push(a);
         }
     }
     bencher.bench_local(|| {
         let i = rng.below(taken.len());
-        space.release_address(&id, taken[i]).unwrap();
+        subnet.release(&id, taken[i]).unwrap();
         let n = 1 + (rng.next() % ((1 << 24) - 2)) as u32;
         let a = IpAddr::from((10u32 << 24 | n).to_be_bytes());
-        taken[i] = match space.request_address(&id, &at(a)) {
+        taken[i] = match subnet.allocate(&id, &at(a)) {
             Ok(a) => a,
-            Err(_) => space.request_address(&id, &LOWEST).unwrap(),
+            Err(_) => subnet.allocate(&id, &LOWEST).unwrap(),
         };
     });
 }
@@ -189,17 +190,17 @@ fn release_request_pair_8_holding_1m_scattered(bencher: Bencher) {
 /// run, the worst case for inserting into the run list.
 #[divan::bench(sample_count = 20)]
 fn release_request_pair_v6_64_holding_200k_scattered(bencher: Bencher) {
-    let (mut space, id) = space_with("fd00:1::/64", "");
+    let (mut subnet, id) = subnet_with("fd00:1::/64", "");
     let mut rng = Rng(23);
     let mut random_addr =
         move || IpAddr::from((0xfd00_0001_u128 << 96 | u128::from(rng.next() | 1)).to_be_bytes());
     let mut taken: Vec<IpAddr> = (0..200_000)
-        .map(|_| space.request_address(&id, &at(random_addr())).unwrap())
+        .map(|_| subnet.allocate(&id, &at(random_addr())).unwrap())
         .collect();
     let mut pick = Rng(29);
     bencher.bench_local(|| {
         let i = pick.below(taken.len());
-        space.release_address(&id, taken[i]).unwrap();
-        taken[i] = space.request_address(&id, &at(random_addr())).unwrap();
+        subnet.release(&id, taken[i]).unwrap();
+        taken[i] = subnet.allocate(&id, &at(random_addr())).unwrap();
     });
 }

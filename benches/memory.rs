@@ -8,11 +8,10 @@ use std::net::IpAddr;
 
 mod common;
 
-use allot::engine::{AddressRequest, Space};
-use common::{Rng, space_with};
+use allot::engine::{AddressRequest, Subnet};
+use common::{Rng, subnet_with};
 
-fn report(what: &str, space: &Space, libnetwork: &str) {
-    let subnet = space.subnets().next().unwrap();
+fn report(what: &str, subnet: &Subnet, libnetwork: &str) {
     println!(
         "| {what} | {} | {} | {} | {libnetwork} |",
         subnet.addrs().bitmap().n_runs(),
@@ -26,19 +25,16 @@ fn main() {
     println!("| state | runs | memory (bytes) | encoded (bytes) | libnetwork |");
     println!("|---|---|---|---|---|");
 
-    let (space, _) = space_with("10.0.0.0/8", "");
-    report("empty /8", &space, "");
-    let (space, _) = space_with("fd00:1::/48", "");
-    report("empty IPv6 /48", &space, "");
+    let (subnet, _) = subnet_with("10.0.0.0/8", "");
+    report("empty /8", &subnet, "");
+    let (subnet, _) = subnet_with("fd00:1::/48", "");
+    report("empty IPv6 /48", &subnet, "");
 
-    let (mut space, id) = space_with("10.0.0.0/16", "");
-    while space
-        .request_address(&id, &AddressRequest::default())
-        .is_ok()
-    {}
-    report("full /16", &space, "");
+    let (mut subnet, id) = subnet_with("10.0.0.0/16", "");
+    while subnet.allocate(&id, &AddressRequest::default()).is_ok() {}
+    report("full /16", &subnet, "");
 
-    let (mut space, id) = space_with("10.0.0.0/16", "");
+    let (mut subnet, id) = subnet_with("10.0.0.0/16", "");
     let mut rng = Rng(7);
     let mut n = 0;
     while n < 32_768 {
@@ -48,31 +44,29 @@ fn main() {
             address: Some(a),
             ..AddressRequest::default()
         };
-        if space.request_address(&id, &req).is_ok() {
+        if subnet.allocate(&id, &req).is_ok() {
             n += 1;
         }
     }
     report(
         "/16 at 50% random fill",
-        &space,
+        &subnet,
         "50.7 KB (24.6 KB serialized; flat bitmap 8 KB)",
     );
 
-    let (mut space, id) = space_with("10.0.0.0/8", "");
+    let (mut subnet, id) = subnet_with("10.0.0.0/8", "");
     for _ in 0..1_000_000 {
-        space
-            .request_address(&id, &AddressRequest::default())
-            .unwrap();
+        subnet.allocate(&id, &AddressRequest::default()).unwrap();
     }
-    report("/8 holding 1M addresses in order", &space, "");
+    report("/8 holding 1M addresses in order", &subnet, "");
 
-    let (mut space, id) = space_with("fd00:1::/64", "");
+    let (mut subnet, id) = subnet_with("fd00:1::/64", "");
     let serial = AddressRequest {
         serial: true,
         ..AddressRequest::default()
     };
     for _ in 0..100_000 {
-        space.request_address(&id, &serial).unwrap();
+        subnet.allocate(&id, &serial).unwrap();
     }
-    report("IPv6 /64 holding 100k serial addresses", &space, "");
+    report("IPv6 /64 holding 100k serial addresses", &subnet, "");
 }

@@ -150,9 +150,8 @@ async fn fill(store: &PgStore, n: usize) {
         tasks.push(tokio::spawn(async move {
             for i in (t..n).step_by(32) {
                 let net = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
-                let mut subnet = Subnet::new(net);
-                subnet.add_pool(None).unwrap();
                 let id = PoolId::new("global", net, None).unwrap();
+                let mut subnet = Subnet::create(&id).unwrap();
                 for _ in 0..(i % 7) {
                     subnet.allocate(&id, &AddressRequest::default()).unwrap();
                 }

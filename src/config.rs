@@ -133,7 +133,7 @@ fn parse_address_space(input: &str) -> Result<(String, DriverSpec), String> {
     for part in input.split(',') {
         match part.trim().split_once('=') {
             Some(("space", v)) => {
-                crate::engine::pool::check_space_name(v).map_err(|e| e.to_string())?;
+                crate::engine::id::check_space_name(v).map_err(|e| e.to_string())?;
                 space = Some(v.to_owned());
             }
             Some(("driver", v)) => driver = Some(v.to_owned()),
@@ -223,12 +223,12 @@ fn parse_default_pool(input: &str) -> Result<(String, DefaultPool), String> {
     for part in input.split(',') {
         match part.trim().split_once('=') {
             Some(("space", v)) => {
-                crate::engine::pool::check_space_name(v).map_err(|e| e.to_string())?;
+                crate::engine::id::check_space_name(v).map_err(|e| e.to_string())?;
                 space = v.to_owned();
             }
             Some(("base", v)) => {
                 base = Some(
-                    crate::engine::pool::parse_prefix(v)
+                    crate::engine::id::parse_prefix(v)
                         .map_err(|reason| format!("base {v:?}: {reason}"))?,
                 );
             }

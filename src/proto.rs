@@ -1,15 +1,8 @@
 //! The generated `ipam.v1` code, and the only place that converts between it and domain values.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-
 use crate::api::status::code_name;
-use crate::engine::error::shown;
-use crate::engine::{
-    self, AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE,
-    SERIAL_OPTION, Utilization, saturating_u64,
-};
-use crate::ipam::{Options, PoolState, Source};
+use crate::engine::{self, Options, PoolId, PoolRequest, Utilization, saturating_u64};
+use crate::ipam::{PoolState, Source};
 
 /// Code generated from `proto/ipam/v1/ipam.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -28,7 +21,7 @@ pub mod pb {
 pub fn pool_request(
     req: &pb::RequestPoolRequest,
 ) -> Result<(String, PoolRequest, Options), engine::Error> {
-    engine::pool::check_space_name(&req.address_space)?;
+    engine::id::check_space_name(&req.address_space)?;
     let pool = PoolRequest::parse(&req.pool, &req.sub_pool, req.v6)?;
     let options = req
         .options
@@ -44,80 +37,6 @@ pub fn pool_request(
 /// `InvalidPoolId`.
 pub fn pool_id(input: &str) -> Result<PoolId, engine::Error> {
     input.parse()
-}
-
-/// Parses an address given to `RequestAddress`/`ReleaseAddress`: `10.0.0.7`, or `10.0.0.7/24`
-/// as `RequestAddress` returns it (the prefix length, when given, must be the subnet's).
-/// Leading zeros are refused, as in pools.
-///
-/// # Errors
-/// `InvalidAddress` naming the pool.
-pub fn address(pool: &PoolId, input: &str) -> Result<IpAddr, engine::Error> {
-    let invalid = |reason| engine::Error::InvalidAddress {
-        pool_id: pool.to_string(),
-        input: shown(input),
-        reason,
-    };
-    if input.is_empty() {
-        return Err(invalid("empty address"));
-    }
-    let (addr, len) = match input.split_once('/') {
-        Some((addr, len)) => (addr, Some(len)),
-        None => (input, None),
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| invalid("not an IP address"))?;
-    match len.map(engine::pool::parse_prefix_len) {
-        None => Ok(addr),
-        Some(Some(len)) if len == pool.subnet().prefix_len() => Ok(addr),
-        Some(Some(_)) => Err(invalid("its prefix length is not the subnet's")),
-        Some(None) => Err(invalid("not an IP address")),
-    }
-}
-
-/// Checks a `RequestAddress`: the address wanted, if any, and Docker's options. Options allot
-/// does not read itself are returned for the driver (which refuses them unless it takes
-/// them).
-///
-/// # Errors
-/// `InvalidAddress`, or `InvalidOption` for a bad value of a known option.
-pub fn address_request(
-    pool: &PoolId,
-    address: &str,
-    options: &HashMap<String, String>,
-) -> Result<(AddressRequest, Options), engine::Error> {
-    let mut extra = Options::new();
-    let mut req = AddressRequest::default();
-    if !address.is_empty() {
-        req.address = Some(self::address(pool, address)?);
-    }
-    for (key, value) in options {
-        let invalid = |reason| engine::Error::InvalidOption {
-            key: shown(key),
-            value: shown(value),
-            reason,
-        };
-        match key.as_str() {
-            SERIAL_OPTION => {
-                req.serial = match value.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(invalid("expected \"true\" or \"false\"")),
-                };
-            }
-            REQUEST_ADDRESS_TYPE => {
-                if value != GATEWAY_ADDRESS_TYPE {
-                    return Err(invalid(
-                        "the only address type is com.docker.network.gateway",
-                    ));
-                }
-                req.gateway = true;
-            }
-            _ => {
-                extra.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    Ok((req, extra))
 }
 
 /// Describes a pool for `ListPools`.

@@ -1,6 +1,6 @@
 //! Set-up shared by the benchmark binaries.
 
-use allot::engine::{PoolId, PoolRequest, Space};
+use allot::engine::{PoolId, PoolRequest, Subnet};
 
 /// xorshift64*: a deterministic, dependency-free source of random addresses and shuffles.
 pub struct Rng(pub u64);
@@ -27,12 +27,11 @@ impl Rng {
     }
 }
 
-/// An address space holding one pool.
-pub fn space_with(pool: &str, sub_pool: &str) -> (Space, PoolId) {
-    let mut space = Space::new("local", Vec::new()).unwrap();
+/// A subnet holding one pool, as the built-in driver keeps it.
+pub fn subnet_with(pool: &str, sub_pool: &str) -> (Subnet, PoolId) {
     let v6 = pool.contains(':');
-    let id = space
-        .request_pool(&PoolRequest::parse(pool, sub_pool, v6).unwrap())
-        .unwrap();
-    (space, id)
+    let req = PoolRequest::parse(pool, sub_pool, v6).unwrap();
+    let net = pool.parse().unwrap();
+    let id = PoolId::new("local", net, req.sub_pool).unwrap();
+    (Subnet::create(&id).unwrap(), id)
 }

@@ -146,7 +146,7 @@ async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure
             for key in b.options.unwrap_or_default().keys() {
                 tracing::debug!(key, "docker plugin: ignoring a pool option");
             }
-            engine::pool::check_space_name(&b.address_space)?;
+            engine::id::check_space_name(&b.address_space)?;
             let req = PoolRequest::parse(&b.pool, &b.sub_pool, b.v6)?;
             let id = ipam.request_pool(&b.address_space, &req).await?;
             Ok(json!({
@@ -166,7 +166,7 @@ async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure
             let id = proto::pool_id(&b.pool_id)?;
             let options = known_address_options(b.options);
             // Only the options allot reads itself are kept, as Docker's own driver does.
-            let (req, _) = proto::address_request(&id, &b.address, &options)?;
+            let (req, _) = engine::AddressRequest::parse(&id, &b.address, &options)?;
             let address = ipam.request_address(&id, &req).await?;
             if options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE) {
                 tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
@@ -176,7 +176,7 @@ async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure
         "/IpamDriver.ReleaseAddress" => {
             let b: AddressBody = parse(body)?;
             let id = proto::pool_id(&b.pool_id)?;
-            let address = proto::address(&id, &b.address)?;
+            let address = engine::request::parse_address(&id, &b.address)?;
             ipam.release_address(&id, address).await?;
             Ok(json!({}))
         }

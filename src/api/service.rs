@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Span, field};
 
 use super::status::status;
+use crate::engine;
 use crate::ipam::{self, Ipam};
 use crate::proto::{self, pb};
 
@@ -112,7 +113,7 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let r = request.get_ref();
         let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
         let (req, options) =
-            proto::address_request(&id, &r.address, &r.options).map_err(invalid)?;
+            engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
         let address = self
             .ipam
             .request_address_with(&id, &req, &options)
@@ -136,7 +137,7 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
         let r = request.get_ref();
         let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-        let address = proto::address(&id, &r.address).map_err(invalid)?;
+        let address = engine::request::parse_address(&id, &r.address).map_err(invalid)?;
         self.ipam
             .release_address(&id, address)
             .await

@@ -16,8 +16,23 @@
 use super::Error;
 use super::codec::{Reader, corrupt, put_varint};
 
-/// Bits per block.
-const BLOCK_BITS: u32 = 64;
+/// Bits per block: the one place the block size is defined. Stores that keep runs as rows and
+/// drivers that report which blocks a change touched use [`block_of`] and [`block_span`].
+pub const BLOCK_BITS: u32 = 64;
+const BLOCK_SHIFT: u32 = BLOCK_BITS.trailing_zeros();
+
+/// The block holding `ordinal`.
+#[must_use]
+pub const fn block_of(ordinal: u128) -> u128 {
+    ordinal >> BLOCK_SHIFT
+}
+
+/// The first and last ordinals of `block`.
+#[must_use]
+pub const fn block_span(block: u128) -> (u128, u128) {
+    let first = block << BLOCK_SHIFT;
+    (first, first | ((1 << BLOCK_SHIFT) - 1))
+}
 /// Encoding tags, packed into the low two bits of each run's length varint.
 const TAG_EMPTY: u128 = 0;
 const TAG_FULL: u128 = 1;
@@ -50,7 +65,7 @@ pub struct Run {
 /// A set of ordinals `0..=last`, stored as runs of identical 64-bit blocks.
 #[derive(Debug, Clone)]
 pub struct Bitmap {
-    // Invariant: the highest valid ordinal; the bitmap has `(last >> 6) + 1` blocks.
+    // Invariant: the highest valid ordinal; the bitmap has `block_of(last) + 1` blocks.
     last: u128,
     // Invariant: `firsts[k] == leaves[k].starts[0]`, so `firsts[0] == 0`.
     firsts: Vec<u128>,
@@ -134,7 +149,7 @@ impl Bitmap {
     }
 
     fn n_blocks(&self) -> u128 {
-        (self.last >> 6) + 1
+        block_of(self.last) + 1
     }
 
     /// Position of the run holding block `block`.
@@ -273,7 +288,7 @@ impl Bitmap {
         if ordinal > self.last {
             return false;
         }
-        (self.bits(self.pos_of(ordinal >> 6)) >> bit_of(ordinal)) & 1 == 1
+        (self.bits(self.pos_of(block_of(ordinal))) >> bit_of(ordinal)) & 1 == 1
     }
 
     /// Adds `ordinal`; returns false when it was already present or is past `last`.
@@ -290,7 +305,7 @@ impl Bitmap {
         if ordinal > self.last {
             return false;
         }
-        let block = ordinal >> 6;
+        let block = block_of(ordinal);
         let p = self.pos_of(block);
         let old = self.bits(p);
         let mask = 1u64 << bit_of(ordinal);
@@ -390,9 +405,9 @@ impl Bitmap {
         if start > end {
             return None;
         }
-        let last_block = end >> 6;
+        let last_block = block_of(end);
         let end_mask = high_mask(end);
-        let mut block = start >> 6;
+        let mut block = block_of(start);
         let mut mask = low_mask(start);
         for (_, run_end, bits) in self.runs_from(self.pos_of(block)) {
             if bits != u64::MAX {
@@ -404,7 +419,7 @@ impl Bitmap {
                         free &= end_mask;
                     }
                     if free != 0 {
-                        return Some((block << 6) | u128::from(free.trailing_zeros()));
+                        return Some(block_span(block).0 | u128::from(free.trailing_zeros()));
                     }
                     if block == last_block {
                         return None;
@@ -445,7 +460,7 @@ impl Bitmap {
         if start > end {
             return 0;
         }
-        let (first_block, last_block) = (start >> 6, end >> 6);
+        let (first_block, last_block) = (block_of(start), block_of(end));
         let (p0, p1) = (self.pos_of(first_block), self.pos_of(last_block));
         let (head_mask, tail_mask) = (low_mask(start), high_mask(end));
         if p0 == p1 {
@@ -669,7 +684,7 @@ impl RunDelta {
     #[must_use]
     pub fn between(old: &Bitmap, new: &Bitmap, changed_blocks: &[u128]) -> Self {
         use std::collections::BTreeMap;
-        let last_block = new.last() >> 6;
+        let last_block = block_of(new.last());
         let mut before: BTreeMap<u128, Run> = BTreeMap::new();
         let mut after: BTreeMap<u128, Run> = BTreeMap::new();
         for &b in changed_blocks {
@@ -982,7 +997,11 @@ mod tests {
             } else {
                 b.remove(o)
             };
-            let blocks: Vec<u128> = if changed { vec![o >> 6] } else { Vec::new() };
+            let blocks: Vec<u128> = if changed {
+                vec![block_of(o)]
+            } else {
+                Vec::new()
+            };
             let delta = RunDelta::between(&old, &b, &blocks);
             assert!(delta.removed.len() + delta.upserted.len() <= 6, "{delta:?}");
             for start in &delta.removed {

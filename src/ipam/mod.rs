@@ -28,7 +28,7 @@ pub use router::Router;
 pub use tracked::Tracked;
 
 /// Options for a driver, beyond what allot reads itself (Docker's `Options` maps).
-pub type Options = std::collections::BTreeMap<String, String>;
+pub use crate::engine::Options;
 
 /// Refuses options, for a driver that takes none.
 fn refuse_options(options: &Options) -> Result<(), Error> {

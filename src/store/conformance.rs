@@ -13,13 +13,15 @@ fn net(s: &str) -> IpNet {
 
 /// A subnet with pools and a few allocations, some serial, one released.
 fn busy_subnet(cidr: &str, sub_pools: &[&str]) -> Subnet {
-    let mut subnet = Subnet::new(net(cidr));
-    let mut ids = Vec::new();
-    for sub in sub_pools {
-        let sub = (!sub.is_empty()).then(|| net(sub));
-        subnet.add_pool(sub).expect("sub-pool inside");
-        ids.push(PoolId::new("local", net(cidr), sub).expect("valid id"));
-    }
+    let subs: Vec<Option<IpNet>> = sub_pools
+        .iter()
+        .map(|sub| (!sub.is_empty()).then(|| net(sub)))
+        .collect();
+    let mut subnet = Subnet::with_pools(net(cidr), subs.iter().copied()).expect("inside");
+    let ids: Vec<PoolId> = subs
+        .iter()
+        .map(|&sub| PoolId::new("local", net(cidr), sub).expect("valid id"))
+        .collect();
     let serial = AddressRequest {
         serial: true,
         ..AddressRequest::default()
@@ -140,7 +142,7 @@ pub async fn refuses_duplicates_and_stale_versions<S: Store>(store: &S) {
 }
 
 fn block_of(subnet: &Subnet, address: IpAddr) -> u128 {
-    subnet.addrs().ordinal(address).expect("inside") >> 6
+    crate::engine::block_of(subnet.addrs().ordinal(address).expect("inside"))
 }
 
 /// Many small changes, each stored as a change of the one before (a store that keeps runs as
@@ -153,13 +155,13 @@ pub async fn changes_rebuild_the_subnet<S: Store>(store: &S) {
         ("10.7.0.0/30", "10.7.0.2/31"),
         ("fd00:6::/118", "fd00:6::100/120"),
     ] {
-        let mut s = Subnet::new(net(cidr));
-        s.add_pool(None).expect("the whole subnet");
+        let mut s = Subnet::with_pools(net(cidr), [None]).expect("the whole subnet");
         store
             .create_subnet("t1", "local", &s)
             .await
             .expect("create");
         let whole = PoolId::new("local", net(cidr), None).expect("id");
+        let sub = PoolId::new("local", net(cidr), Some(net(sub_pool))).expect("id");
         let mut held: Vec<IpAddr> = Vec::new();
         // A fixed pseudo-random walk (xorshift), so a failure reproduces.
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -171,9 +173,9 @@ pub async fn changes_rebuild_the_subnet<S: Store>(store: &S) {
             let mut blocks = Vec::new();
             match seed % 8 {
                 0 if s.has_pool(Some(net(sub_pool))) => {
-                    s.remove_pool(Some(net(sub_pool)));
+                    s.remove_pool(&sub).expect("present");
                 }
-                0 => s.add_pool(Some(net(sub_pool))).expect("inside"),
+                0 => s.add_pool(&sub).expect("inside"),
                 1..=3 if !held.is_empty() => {
                     #[allow(clippy::cast_possible_truncation)]
                     let a = held.swap_remove((seed >> 8) as usize % held.len());
@@ -272,7 +274,7 @@ pub async fn reports_one_version<S: Store>(store: &S) {
     let mut b = a.clone();
     let id = PoolId::new("local", a.net(), None).expect("valid id");
     let address = b.allocate(&id, &AddressRequest::default()).expect("room");
-    let block = b.addrs().ordinal(address).expect("inside") >> 6;
+    let block = crate::engine::block_of(b.addrs().ordinal(address).expect("inside"));
     let change = Change {
         before: &a,
         after: &b,

@@ -903,9 +903,7 @@ mod tests {
 
         // What an operator sees for the worked example of DESIGN.md.
         let s = store(pool.clone());
-        let mut subnet = Subnet::new(net("192.168.10.0/24"));
-        subnet
-            .add_pool(Some(net("192.168.10.128/31")))
+        let subnet = Subnet::with_pools(net("192.168.10.0/24"), [Some(net("192.168.10.128/31"))])
             .expect("inside");
         s.create_subnet("t1", "local", &subnet)
             .await
@@ -975,8 +973,7 @@ mod tests {
         let s = store(pool.clone());
         let cidr = "10.50.0.0/16";
         let id = PoolId::new("local", net(cidr), None).expect("id");
-        let mut subnet = Subnet::new(net(cidr));
-        subnet.add_pool(None).expect("pool");
+        let mut subnet = Subnet::with_pools(net(cidr), [None]).expect("pool");
         s.create_subnet("t1", "local", &subnet)
             .await
             .expect("create");
@@ -1044,11 +1041,11 @@ mod tests {
             } else {
                 net(&format!("10.{}.{}.0/24", i / 256, i % 256))
             };
-            let mut subnet = Subnet::new(cidr);
-            subnet.add_pool(None).expect("pool");
+            let mut subnet = Subnet::with_pools(cidr, [None]).expect("pool");
             if i % 2 == 0 {
                 let sub = IpNet::new(cidr.network(), cidr.prefix_len() + 1).expect("half");
-                subnet.add_pool(Some(sub)).expect("inside");
+                let id = PoolId::new("local", cidr, Some(sub)).expect("id");
+                subnet.add_pool(&id).expect("inside");
             }
             s.create_subnet("t1", "local", &subnet)
                 .await
@@ -1085,11 +1082,9 @@ mod tests {
     #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
     async fn creating_an_overlapping_subnet_names_the_one_stored(pool: PgPool) {
         let s = store(pool);
-        let mut a = Subnet::new(net("10.60.0.0/16"));
-        a.add_pool(None).expect("pool");
+        let a = Subnet::with_pools(net("10.60.0.0/16"), [None]).expect("pool");
         s.create_subnet("t1", "local", &a).await.expect("create");
-        let mut b = Subnet::new(net("10.60.4.0/24"));
-        b.add_pool(None).expect("pool");
+        let b = Subnet::with_pools(net("10.60.4.0/24"), [None]).expect("pool");
         match s.create_subnet("t1", "local", &b).await {
             Err(Error::Conflict { subnet, .. }) => assert_eq!(subnet, "10.60.0.0/16"),
             other => panic!("expected a conflict, got {other:?}"),
@@ -1108,8 +1103,7 @@ mod tests {
     async fn a_lock_makes_the_next_writer_wait_and_reload(pool: PgPool) {
         let s = store(pool);
         let cidr = net("10.71.0.0/24");
-        let mut subnet = Subnet::new(cidr);
-        subnet.add_pool(None).expect("pool");
+        let mut subnet = Subnet::with_pools(cidr, [None]).expect("pool");
         s.create_subnet("t1", "local", &subnet)
             .await
             .expect("create");
@@ -1164,8 +1158,7 @@ mod tests {
         let s = store(pool);
         let mut events = s.subscribe().await.expect("postgres reports changes");
         assert_eq!(events.recv().await, Some(Event::Resync));
-        let mut subnet = Subnet::new(net("10.70.0.0/24"));
-        subnet.add_pool(None).expect("pool");
+        let subnet = Subnet::with_pools(net("10.70.0.0/24"), [None]).expect("pool");
         s.create_subnet("t1", "local", &subnet)
             .await
             .expect("create");

@@ -287,8 +287,7 @@ async fn overlapping_stored_subnets_are_refused_at_startup() {
     {
         let store = SqliteStore::connect(&dir.db_url()).await.unwrap();
         for net in ["10.80.0.0/16", "10.80.0.0/24"] {
-            let mut subnet = allot::engine::Subnet::new(net.parse().unwrap());
-            subnet.add_pool(None).unwrap();
+            let subnet = allot::engine::Subnet::with_pools(net.parse().unwrap(), [None]).unwrap();
             store
                 .create_subnet("default", "local", &subnet)
                 .await
