@@ -13,7 +13,7 @@ use std::net::IpAddr;
 
 mod common;
 
-use allot::engine::{AddressRequest, PoolId, Subnet};
+use allot::engine::{AddressRequest, Options, PoolId, Subnet};
 use common::{Rng, subnet_with};
 use divan::{Bencher, black_box};
 
@@ -25,11 +25,13 @@ const LOWEST: AddressRequest = AddressRequest {
     address: None,
     serial: false,
     gateway: false,
+    options: Options::new(),
 };
 const SERIAL: AddressRequest = AddressRequest {
     address: None,
     serial: true,
     gateway: false,
+    options: Options::new(),
 };
 
 fn at(address: IpAddr) -> AddressRequest {
@@ -72,25 +74,25 @@ fn fill_16_lowest_free(bencher: Bencher) {
         });
 }
 
-fn release_request_pairs(bencher: Bencher, req: AddressRequest) {
+fn release_request_pairs(bencher: Bencher, req: &AddressRequest) {
     let (mut subnet, id, mut taken, mut rng) = half_full_16("", 7);
     bencher.bench_local(|| {
         let i = rng.below(taken.len());
         subnet.release(&id, taken[i]).unwrap();
-        taken[i] = subnet.allocate(&id, black_box(&req)).unwrap();
+        taken[i] = subnet.allocate(&id, black_box(req)).unwrap();
     });
 }
 
 /// libnetwork: 7.4 µs per pair.
 #[divan::bench]
 fn release_request_pair_16_half_full(bencher: Bencher) {
-    release_request_pairs(bencher, LOWEST);
+    release_request_pairs(bencher, &LOWEST);
 }
 
 /// libnetwork: 28.9 µs per pair.
 #[divan::bench]
 fn release_request_pair_16_half_full_serial(bencher: Bencher) {
-    release_request_pairs(bencher, SERIAL);
+    release_request_pairs(bencher, &SERIAL);
 }
 
 /// libnetwork: 10.8 µs per address.

@@ -1,7 +1,6 @@
 //! The generated `ipam.v1` code, and the only place that converts between it and domain values.
 
-use crate::api::status::code_name;
-use crate::engine::{self, Options, PoolId, PoolRequest, Utilization, saturating_u64};
+use crate::engine::{self, PoolId, PoolRequest, Utilization, saturating_u64};
 use crate::ipam::{PoolState, Source};
 
 /// Code generated from `proto/ipam/v1/ipam.proto`.
@@ -13,22 +12,20 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ipam_descriptor");
 }
 
-/// Checks a `RequestPool`: its address space, the pool request proper, and the options for
-/// the driver.
+/// Checks a `RequestPool`: its address space, and the pool request proper with the options
+/// for the driver.
 ///
 /// # Errors
 /// `InvalidAddressSpace`, `InvalidPrefix` or `InvalidSubPool`.
-pub fn pool_request(
-    req: &pb::RequestPoolRequest,
-) -> Result<(String, PoolRequest, Options), engine::Error> {
+pub fn pool_request(req: &pb::RequestPoolRequest) -> Result<(String, PoolRequest), engine::Error> {
     engine::id::check_space_name(&req.address_space)?;
-    let pool = PoolRequest::parse(&req.pool, &req.sub_pool, req.v6)?;
-    let options = req
+    let mut pool = PoolRequest::parse(&req.pool, &req.sub_pool, req.v6)?;
+    pool.options = req
         .options
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    Ok((req.address_space.clone(), pool, options))
+    Ok((req.address_space.clone(), pool))
 }
 
 /// Parses a pool id.
@@ -62,7 +59,7 @@ pub fn pool_state(state: &PoolState) -> pb::PoolState {
                 free_in_range: 0,
                 free_in_union: 0,
             },
-            code_name(e.kind).to_owned(),
+            e.kind.name().to_owned(),
             e.message.clone(),
         ),
     };

@@ -81,12 +81,7 @@ enum Failure {
 
 impl From<ipam::Error> for Failure {
     fn from(e: ipam::Error) -> Self {
-        if e.kind() == ipam::Kind::Internal {
-            tracing::error!(error = %e, "docker plugin: internal error");
-            Self::Refused("internal error in allot (details are in its log)".into())
-        } else {
-            Self::Refused(e.to_string())
-        }
+        Self::Refused(e.public_message())
     }
 }
 
@@ -166,7 +161,7 @@ async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure
             let id = proto::pool_id(&b.pool_id)?;
             let options = known_address_options(b.options);
             // Only the options allot reads itself are kept, as Docker's own driver does.
-            let (req, _) = engine::AddressRequest::parse(&id, &b.address, &options)?;
+            let req = engine::AddressRequest::parse(&id, &b.address, &options)?;
             let address = ipam.request_address(&id, &req).await?;
             if options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE) {
                 tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");

@@ -64,10 +64,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::RequestPoolRequest>,
     ) -> Result<Response<pb::RequestPoolResponse>, Status> {
-        let (space, req, options) = proto::pool_request(request.get_ref()).map_err(invalid)?;
+        let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
         let id = self
             .ipam
-            .request_pool_with(&space, &req, &options)
+            .request_pool(&space, &req)
             .await
             .map_err(|e| status(&e))?;
         Span::current().record("pool_id", field::display(&id));
@@ -112,11 +112,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     ) -> Result<Response<pb::RequestAddressResponse>, Status> {
         let r = request.get_ref();
         let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-        let (req, options) =
-            engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
+        let req = engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
         let address = self
             .ipam
-            .request_address_with(&id, &req, &options)
+            .request_address(&id, &req)
             .await
             .map_err(|e| status(&e))?;
         Span::current().record("address", field::display(&address));

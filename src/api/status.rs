@@ -4,71 +4,44 @@ use tonic::{Code, Status};
 
 use crate::ipam::{Error, Kind};
 
-/// Maps an IPAM error to its status. Client mistakes carry the error's own message (it names
-/// the pool and address); storage and internal failures are logged in full, with their source
-/// chain, and reach the client redacted.
+/// Maps an IPAM error to its status: the kind's code, and the message a client may be told
+/// ([`Error::public_message`], which logs what it may not).
 #[must_use]
 pub fn status(err: &Error) -> Status {
-    match code(err.kind()) {
-        Code::Internal => {
-            tracing::error!(error = %chain(err), "internal error");
-            Status::internal("internal error (details are in the server log)")
-        }
-        Code::Unavailable => {
-            // Which part is down, without its address (logged in full).
-            let what = match err {
-                Error::Driver { driver, .. } => format!("{driver} driver"),
-                _ => "storage".to_owned(),
-            };
-            tracing::warn!(error = %chain(err), "{what} unavailable");
-            Status::unavailable(format!("{what} unavailable, retry later"))
-        }
-        Code::Aborted => {
-            tracing::warn!(error = %chain(err), "concurrent change");
-            Status::aborted(format!("{err}; retry"))
-        }
-        code => Status::new(code, err.to_string()),
-    }
+    Status::new(code(err.kind()), err.public_message())
 }
 
 /// The status code of each kind of error.
 #[must_use]
 pub fn code(kind: Kind) -> Code {
-    match kind {
-        Kind::Invalid => Code::InvalidArgument,
-        Kind::NotFound => Code::NotFound,
-        Kind::AlreadyExists => Code::AlreadyExists,
-        Kind::Exhausted => Code::ResourceExhausted,
-        Kind::FailedPrecondition => Code::FailedPrecondition,
-        Kind::Aborted => Code::Aborted,
-        Kind::Unavailable => Code::Unavailable,
-        Kind::Internal => Code::Internal,
-    }
+    Code::from_i32(kind.rpc_code().0)
 }
 
-/// The canonical name of a kind's status code, as `google.rpc.Code` spells it.
-#[must_use]
-pub fn code_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Invalid => "INVALID_ARGUMENT",
-        Kind::NotFound => "NOT_FOUND",
-        Kind::AlreadyExists => "ALREADY_EXISTS",
-        Kind::Exhausted => "RESOURCE_EXHAUSTED",
-        Kind::FailedPrecondition => "FAILED_PRECONDITION",
-        Kind::Aborted => "ABORTED",
-        Kind::Unavailable => "UNAVAILABLE",
-        Kind::Internal => "INTERNAL",
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The error and its sources, one after the other.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+    #[test]
+    fn every_kind_has_its_own_code_named_as_google_rpc_names_it() {
+        let kinds = [
+            (Kind::Invalid, Code::InvalidArgument),
+            (Kind::NotFound, Code::NotFound),
+            (Kind::AlreadyExists, Code::AlreadyExists),
+            (Kind::Exhausted, Code::ResourceExhausted),
+            (Kind::FailedPrecondition, Code::FailedPrecondition),
+            (Kind::Aborted, Code::Aborted),
+            (Kind::Unavailable, Code::Unavailable),
+            (Kind::Internal, Code::Internal),
+        ];
+        for (kind, want) in kinds {
+            assert_eq!(code(kind), want, "{kind:?}");
+            // tonic's Debug is the CamelCase of the canonical SCREAMING_SNAKE name.
+            let camel: String = kind
+                .name()
+                .split('_')
+                .map(|w| w[..1].to_owned() + &w[1..].to_lowercase())
+                .collect();
+            assert_eq!(format!("{want:?}"), camel, "{kind:?}");
+        }
     }
-    out
 }

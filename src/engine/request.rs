@@ -27,10 +27,12 @@ pub enum SubnetSpec {
 }
 
 /// A checked `RequestPool`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolRequest {
     pub subnet: SubnetSpec,
     pub sub_pool: Option<IpNet>,
+    /// Options for the driver (Docker's `--ipam-opt`); a driver that takes none refuses any.
+    pub options: Options,
 }
 
 impl PoolRequest {
@@ -56,6 +58,7 @@ impl PoolRequest {
                     prefix_len: None,
                 },
                 sub_pool: None,
+                options: Options::new(),
             });
         }
         let net = parse_prefix(pool).map_err(|reason| Error::InvalidPrefix {
@@ -88,18 +91,26 @@ impl PoolRequest {
                     prefix_len: Some(net.prefix_len()),
                 },
                 sub_pool: None,
+                options: Options::new(),
             });
         }
         check_sub_pool(net, sub)?;
-        Ok(Self {
+        Ok(Self::exact(net, sub))
+    }
+
+    /// A request for exactly this subnet and sub-pool, without options.
+    #[must_use]
+    pub fn exact(net: IpNet, sub_pool: Option<IpNet>) -> Self {
+        Self {
             subnet: SubnetSpec::Exact(net),
-            sub_pool: sub,
-        })
+            sub_pool,
+            options: Options::new(),
+        }
     }
 }
 
 /// A checked `RequestAddress`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AddressRequest {
     /// Exactly this address (anywhere in the subnet), or the next free one.
     pub address: Option<IpAddr>,
@@ -107,6 +118,9 @@ pub struct AddressRequest {
     pub serial: bool,
     /// A gateway request (same rules; recorded for the caller's benefit).
     pub gateway: bool,
+    /// Options beyond the ones allot reads itself, for the driver (e.g. an endpoint's MAC
+    /// address); a driver that takes none refuses any.
+    pub options: Options,
 }
 
 /// Options for a driver, beyond the ones allot reads itself (Docker's `Options` maps).
@@ -142,8 +156,8 @@ pub fn parse_address(pool: &PoolId, input: &str) -> Result<IpAddr, Error> {
 
 impl AddressRequest {
     /// Checks a `RequestAddress`: the address wanted, if any (empty: the next free one), and
-    /// Docker's options. Options allot does not read itself are returned for the driver
-    /// (which refuses them unless it takes them).
+    /// Docker's options. Options allot does not read itself are kept for the driver (which
+    /// refuses them unless it takes them).
     ///
     /// # Errors
     /// `InvalidAddress`, or `InvalidOption` for a bad value of a known option.
@@ -151,8 +165,7 @@ impl AddressRequest {
         pool: &PoolId,
         address: &str,
         options: &HashMap<String, String>,
-    ) -> Result<(Self, Options), Error> {
-        let mut extra = Options::new();
+    ) -> Result<Self, Error> {
         let mut req = Self::default();
         if !address.is_empty() {
             req.address = Some(parse_address(pool, address)?);
@@ -180,10 +193,10 @@ impl AddressRequest {
                     req.gateway = true;
                 }
                 _ => {
-                    extra.insert(key.clone(), value.clone());
+                    req.options.insert(key.clone(), value.clone());
                 }
             }
         }
-        Ok((req, extra))
+        Ok(req)
     }
 }

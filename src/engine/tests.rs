@@ -214,10 +214,7 @@ fn reserved_addresses_follow_the_rfcs_at_every_edge_prefix() {
     for (n, used, free) in cases {
         let mut s = Space::new(LOCAL_SPACE, Vec::new()).unwrap();
         let v6 = n.contains(':');
-        let req = PoolRequest {
-            subnet: SubnetSpec::Exact(net(n)),
-            sub_pool: None,
-        };
+        let req = PoolRequest::exact(net(n), None);
         let id = s.request_pool(&req).unwrap();
         assert_eq!(id.to_string().parse::<PoolId>(), Ok(id.clone()), "{n}");
         let u = s.utilization(&id).unwrap();

@@ -31,6 +31,9 @@ pub use tracked::Tracked;
 pub use crate::engine::Options;
 
 /// Refuses options, for a driver that takes none.
+///
+/// # Errors
+/// `InvalidOption` naming the first option.
 fn refuse_options(options: &Options) -> Result<(), Error> {
     match options.iter().next() {
         Some((key, value)) => Err(Error::Engine(engine::Error::InvalidOption {
@@ -75,6 +78,45 @@ pub struct PoolState {
     pub utilization: Result<Utilization, PoolError>,
 }
 
+impl PoolState {
+    /// The state of a pool its driver counted.
+    #[must_use]
+    pub fn counted(id: &PoolId, driver: &str, utilization: Utilization) -> Self {
+        Self {
+            id: id.clone(),
+            driver: driver.to_owned(),
+            source: Source::Driver,
+            utilization: Ok(utilization),
+        }
+    }
+
+    /// The state of a pool whose driver failed with `err`.
+    #[must_use]
+    pub fn failed(id: &PoolId, driver: &str, err: &Error) -> Self {
+        Self {
+            id: id.clone(),
+            driver: driver.to_owned(),
+            source: Source::Driver,
+            utilization: Err(PoolError {
+                kind: err.kind(),
+                message: err.public_message(),
+            }),
+        }
+    }
+
+    /// The state of a pool that does not exist.
+    #[must_use]
+    pub fn missing(id: &PoolId, driver: &str) -> Self {
+        Self::failed(id, driver, &not_found(id))
+    }
+
+    /// Tells whether the pool does not exist.
+    #[must_use]
+    pub fn is_missing(&self) -> bool {
+        matches!(&self.utilization, Err(e) if e.kind == Kind::NotFound)
+    }
+}
+
 /// An IPAM driver.
 #[async_trait]
 pub trait Ipam: Send + Sync + 'static {
@@ -87,20 +129,9 @@ pub trait Ipam: Send + Sync + 'static {
     /// Returns what the driver needs from its callers.
     fn capabilities(&self) -> Capabilities;
 
-    /// Creates a pool in `space`.
+    /// Creates a pool in `space`, passing the request's options (Docker's `--ipam-opt`) to
+    /// the driver; a driver that takes no options refuses any (`InvalidOption`).
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error>;
-
-    /// Creates a pool in `space`, passing `options` (Docker's `--ipam-opt`) to the driver. A
-    /// driver that takes no options refuses any (`InvalidOption`).
-    async fn request_pool_with(
-        &self,
-        space: &str,
-        req: &PoolRequest,
-        options: &Options,
-    ) -> Result<PoolId, Error> {
-        refuse_options(options)?;
-        self.request_pool(space, req).await
-    }
 
     /// Deletes a pool (its subnet goes with its last pool).
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error>;
@@ -108,32 +139,23 @@ pub trait Ipam: Send + Sync + 'static {
     /// Lists the pools of one address space, or of all, in address order.
     async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error>;
 
-    /// Allocates an address; returns it with the subnet's prefix length.
+    /// Allocates an address; returns it with the subnet's prefix length. Options beyond the
+    /// ones allot reads itself (serial, gateway) go to the driver, e.g. an endpoint's MAC
+    /// address; a driver that takes no options refuses any (`InvalidOption`).
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error>;
-
-    /// Allocates an address, passing `options` beyond the ones allot reads itself (serial,
-    /// gateway) to the driver, e.g. an endpoint's MAC address. A driver that takes no options
-    /// refuses any (`InvalidOption`).
-    async fn request_address_with(
-        &self,
-        id: &PoolId,
-        req: &AddressRequest,
-        options: &Options,
-    ) -> Result<IpNet, Error> {
-        refuse_options(options)?;
-        self.request_address(id, req).await
-    }
 
     /// Frees an address (freeing a free one succeeds).
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error>;
 
-    /// Returns the utilization of the pools named, in that order, or of every pool when none
-    /// is named.
+    /// Returns the utilization of each pool named, in that order: its figures, or why they
+    /// cannot be had — a pool that does not exist is answered [`PoolState::missing`]. Callers
+    /// wanting every pool list them first ([`Router`] does, once for all drivers).
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error>;
 }
 
-/// The error of an IPAM operation: the engine's or the store's.
-#[derive(Debug, thiserror::Error)]
+/// The error of an IPAM operation: the engine's or the store's. `Clone`, so that one
+/// failure can answer every caller of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Engine(#[from] engine::Error),
@@ -191,37 +213,68 @@ impl Error {
 }
 
 impl Error {
-    /// An equal error for another caller (a batch's one store failure answers every job in
-    /// it): same variant and message, the source chain kept as text.
+    /// What a client may be told about this error: the one exit of every API (gRPC statuses,
+    /// the Docker plugin's answers, per-pool states). Client mistakes are told as they are and
+    /// a concurrent change says to retry; unavailable and internal failures are logged here,
+    /// with their source chain, and told without details (which part is down, not where).
     #[must_use]
-    pub fn replicate(&self) -> Self {
-        match self {
-            Self::Engine(e) => Self::Engine(e.clone()),
-            Self::Store(e) => Self::Store(e.replicate()),
-            Self::Driver {
-                driver,
-                kind,
-                message,
-            } => Self::Driver {
-                driver: driver.clone(),
-                kind: *kind,
-                message: message.clone(),
-            },
-            Self::Internal(s) => Self::Internal(s.clone()),
+    pub fn public_message(&self) -> String {
+        match self.kind() {
+            Kind::Internal => {
+                tracing::error!(error = %chain(self), "internal error");
+                "internal error (details are in the server log)".to_owned()
+            }
+            Kind::Unavailable => {
+                let what = match self {
+                    Self::Driver { driver, .. } => format!("{driver} driver"),
+                    _ => "storage".to_owned(),
+                };
+                tracing::warn!(error = %chain(self), "{what} unavailable");
+                format!("{what} unavailable, retry later")
+            }
+            Kind::Aborted => {
+                tracing::warn!(error = %chain(self), "concurrent change");
+                format!("{self}; retry")
+            }
+            _ => self.to_string(),
         }
     }
 }
 
-/// The pools a utilization call is about: those named, or every pool of `driver`.
-async fn named_or_all<'a, D: Ipam + ?Sized>(
-    driver: &D,
-    ids: &'a [PoolId],
-) -> Result<std::borrow::Cow<'a, [PoolId]>, Error> {
-    if ids.is_empty() {
-        Ok(driver.list_pools(None).await?.into())
-    } else {
-        Ok(ids.into())
+impl Kind {
+    /// The `google.rpc.Code` of this kind: its number and its canonical name. The API maps
+    /// kinds to statuses through it, and reports name it (`GetIpamState`'s `error_code`).
+    #[must_use]
+    pub const fn rpc_code(self) -> (i32, &'static str) {
+        match self {
+            Self::Invalid => (3, "INVALID_ARGUMENT"),
+            Self::NotFound => (5, "NOT_FOUND"),
+            Self::AlreadyExists => (6, "ALREADY_EXISTS"),
+            Self::Exhausted => (8, "RESOURCE_EXHAUSTED"),
+            Self::FailedPrecondition => (9, "FAILED_PRECONDITION"),
+            Self::Aborted => (10, "ABORTED"),
+            Self::Internal => (13, "INTERNAL"),
+            Self::Unavailable => (14, "UNAVAILABLE"),
+        }
     }
+
+    /// The canonical name of this kind's status code.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        self.rpc_code().1
+    }
+}
+
+/// An error and its sources, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn not_found(id: &PoolId) -> Error {

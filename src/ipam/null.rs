@@ -12,7 +12,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, PoolState, Source, named_or_all, not_found};
+use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
 
 /// Docker's name for the null driver's address space.
@@ -76,6 +76,7 @@ impl Ipam for Null {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
+        refuse_options(&req.options)?;
         // As Docker's null driver: no specific pool, no sub-pool, no IPv6.
         match req.subnet {
             SubnetSpec::Dynamic { v6: true, .. } => {
@@ -121,7 +122,8 @@ impl Ipam for Null {
             .collect())
     }
 
-    async fn request_address(&self, id: &PoolId, _req: &AddressRequest) -> Result<IpNet, Error> {
+    async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
+        refuse_options(&req.options)?;
         self.check(id)?;
         Err(Self::refuse(
             Kind::FailedPrecondition,
@@ -135,27 +137,17 @@ impl Ipam for Null {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let named = !ids.is_empty();
-        let ids = named_or_all(self, ids).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in &*ids {
-            match self.check(id) {
-                Ok(()) => {}
-                // Listed, then released before it was looked at: not reported.
-                Err(_) if !named => continue,
-                Err(e) => return Err(e),
-            }
-            out.push(PoolState {
-                id: id.clone(),
-                driver: self.name().to_owned(),
-                source: Source::Driver,
-                utilization: Ok(Utilization {
-                    allocated_in_subnet: 0,
-                    free_in_range: 0,
-                    free_in_union: 0,
-                }),
-            });
-        }
-        Ok(out)
+        let empty = Utilization {
+            allocated_in_subnet: 0,
+            free_in_range: 0,
+            free_in_union: 0,
+        };
+        Ok(ids
+            .iter()
+            .map(|id| match self.check(id) {
+                Ok(()) => PoolState::counted(id, self.name(), empty),
+                Err(_) => PoolState::missing(id, self.name()),
+            })
+            .collect())
     }
 }

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OnceCell, RwLock};
 
-use super::{Capabilities, Error, Ipam, Kind, Options, PoolState, not_found};
+use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found};
 use crate::engine::{
     AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION,
     SubnetSpec,
@@ -345,15 +345,6 @@ impl Ipam for Remote {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
-        self.request_pool_with(space, req, &Options::new()).await
-    }
-
-    async fn request_pool_with(
-        &self,
-        space: &str,
-        req: &PoolRequest,
-        options: &Options,
-    ) -> Result<PoolId, Error> {
         let (pool, v6) = match req.subnet {
             SubnetSpec::Exact(net) => (net.to_string(), matches!(net, IpNet::V6(_))),
             SubnetSpec::Dynamic {
@@ -381,7 +372,7 @@ impl Ipam for Remote {
                     "AddressSpace": remote_space,
                     "Pool": pool,
                     "SubPool": sub_pool,
-                    "Options": options,
+                    "Options": req.options,
                     "V6": v6,
                 })),
             )
@@ -451,17 +442,9 @@ impl Ipam for Remote {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        self.request_address_with(id, req, &Options::new()).await
-    }
-
-    async fn request_address_with(
-        &self,
-        id: &PoolId,
-        req: &AddressRequest,
-        extra: &Options,
-    ) -> Result<IpNet, Error> {
         let remote_id = self.remote_id(id).await?;
-        let mut options: HashMap<&str, &str> = extra
+        let mut options: HashMap<&str, &str> = req
+            .options
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();

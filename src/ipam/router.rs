@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, Options, PoolError, PoolState, Source};
+use super::{Capabilities, Error, Ipam, PoolState, not_found};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -59,42 +59,35 @@ impl Router {
     }
 }
 
-/// A pool's state when its driver failed. Internal details stay in the log.
-pub(super) fn failed(id: &PoolId, driver: &str, err: &Error) -> PoolState {
-    let message = if err.kind() == Kind::Internal {
-        tracing::error!(pool_id = %id, driver, error = %err, "utilization failed");
-        "internal error (details are in the server log)".to_owned()
-    } else {
-        err.to_string()
-    };
-    PoolState {
-        id: id.clone(),
-        driver: driver.to_owned(),
-        source: Source::Driver,
-        utilization: Err(PoolError {
-            kind: err.kind(),
-            message,
-        }),
-    }
-}
-
 impl Router {
-    /// The utilization of every pool: each driver answers for all of its own pools at once,
-    /// so a pool released meanwhile is left out rather than failing the call. A driver that
-    /// fails marks each of its pools with its error.
+    /// Asks `driver` for the state of `ids`, all of them its pools, in that order.
+    /// A driver that fails marks each pool with its error.
+    async fn states_of(&self, driver: &Arc<dyn Ipam>, ids: &[PoolId]) -> Vec<PoolState> {
+        let failed = |e: &Error| {
+            ids.iter()
+                .map(|id| PoolState::failed(id, driver.name(), e))
+                .collect()
+        };
+        match driver.utilization(ids).await {
+            Ok(states) if states.len() == ids.len() => states,
+            Ok(_) => failed(&Error::Internal(format!(
+                "driver {} answered for a different number of pools",
+                driver.name()
+            ))),
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// The utilization of every pool: "every pool" is expanded here, once, into each
+    /// driver's listing; a pool released between its listing and its state is left out
+    /// rather than failing the call.
     async fn every_utilization(&self) -> Result<Vec<PoolState>, Error> {
         let mut out = Vec::new();
         for (i, driver) in self.drivers.iter().enumerate() {
-            let states = match driver.utilization(&[]).await {
-                Ok(states) => states,
-                Err(e) => driver
-                    .list_pools(None)
-                    .await?
-                    .iter()
-                    .map(|id| failed(id, driver.name(), &e))
-                    .collect(),
-            };
-            out.extend(states.into_iter().filter(|s| self.serves(i, s.id.space())));
+            let mut ids = driver.list_pools(None).await?;
+            ids.retain(|id| self.serves(i, id.space()));
+            let states = self.states_of(driver, &ids).await;
+            out.extend(states.into_iter().filter(|s| !s.is_missing()));
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -126,17 +119,6 @@ impl Ipam for Router {
         self.driver(space).request_pool(space, req).await
     }
 
-    async fn request_pool_with(
-        &self,
-        space: &str,
-        req: &PoolRequest,
-        options: &Options,
-    ) -> Result<PoolId, Error> {
-        self.driver(space)
-            .request_pool_with(space, req, options)
-            .await
-    }
-
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
         self.driver(id.space()).release_pool(id).await
     }
@@ -156,17 +138,6 @@ impl Ipam for Router {
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
         self.driver(id.space()).request_address(id, req).await
-    }
-
-    async fn request_address_with(
-        &self,
-        id: &PoolId,
-        req: &AddressRequest,
-        options: &Options,
-    ) -> Result<IpNet, Error> {
-        self.driver(id.space())
-            .request_address_with(id, req, options)
-            .await
     }
 
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
@@ -189,28 +160,13 @@ impl Ipam for Router {
             if mine.is_empty() {
                 continue;
             }
-            match driver.utilization(&mine).await {
-                Ok(states) if states.len() == mine.len() => {
-                    for (pos, state) in positions.into_iter().zip(states) {
-                        out[pos] = Some(state);
-                    }
-                }
-                Ok(_) => {
-                    let e = Error::Internal(format!(
-                        "driver {} answered for a different number of pools",
-                        driver.name()
-                    ));
-                    for (pos, id) in positions.into_iter().zip(&mine) {
-                        out[pos] = Some(failed(id, driver.name(), &e));
-                    }
-                }
+            let states = self.states_of(driver, &mine).await;
+            for (pos, state) in positions.into_iter().zip(states) {
                 // Asking for a pool that does not exist is the caller's mistake.
-                Err(e) if e.kind() == Kind::NotFound => return Err(e),
-                Err(e) => {
-                    for (pos, id) in positions.into_iter().zip(&mine) {
-                        out[pos] = Some(failed(id, driver.name(), &e));
-                    }
+                if state.is_missing() {
+                    return Err(not_found(&state.id));
                 }
+                out[pos] = Some(state);
             }
         }
         out.into_iter()
@@ -223,7 +179,7 @@ impl Ipam for Router {
 mod tests {
     use super::*;
     use crate::engine::Utilization;
-    use crate::ipam::{Builtin, Null};
+    use crate::ipam::{Builtin, Kind, Null};
     use crate::store::MemoryStore;
 
     /// A driver whose every call fails as an unreachable plugin would: what the router does
@@ -325,7 +281,8 @@ mod tests {
         assert_eq!(failed.driver, "remote");
         let err = failed.utilization.as_ref().expect_err("the driver failed");
         assert_eq!(err.kind, Kind::Unavailable);
-        assert!(err.message.contains("plugin unreachable"), "{err:?}");
+        // Told as every API tells it: which part is down, not why (that is in the log).
+        assert_eq!(err.message, "remote driver unavailable, retry later");
         // In the order asked, when named.
         let named = r
             .utilization(&[far.clone(), local.clone()])

@@ -13,10 +13,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{
-    Builtin, Capabilities, Error, Ipam, Kind, Options, PoolState, Source, named_or_all, router,
-};
-use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec};
+use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source};
+use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// A driver, and the record of what passed through it.
 pub struct Tracked {
@@ -57,20 +55,8 @@ impl Ipam for Tracked {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
-        self.request_pool_with(space, req, &Options::new()).await
-    }
-
-    async fn request_pool_with(
-        &self,
-        space: &str,
-        req: &PoolRequest,
-        options: &Options,
-    ) -> Result<PoolId, Error> {
-        let id = self.inner.request_pool_with(space, req, options).await?;
-        let exact = PoolRequest {
-            subnet: SubnetSpec::Exact(id.subnet()),
-            sub_pool: id.sub_pool(),
-        };
+        let id = self.inner.request_pool(space, req).await?;
+        let exact = PoolRequest::exact(id.subnet(), id.sub_pool());
         if let Err(e) = self.record.request_pool(space, &exact).await {
             self.mismatch("a pool", &id, &e);
         }
@@ -91,20 +77,11 @@ impl Ipam for Tracked {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        self.request_address_with(id, req, &Options::new()).await
-    }
-
-    async fn request_address_with(
-        &self,
-        id: &PoolId,
-        req: &AddressRequest,
-        options: &Options,
-    ) -> Result<IpNet, Error> {
-        let address = self.inner.request_address_with(id, req, options).await?;
+        let address = self.inner.request_address(id, req).await?;
         let exact = AddressRequest {
             address: Some(address.addr()),
-            serial: false,
             gateway: req.gateway,
+            ..AddressRequest::default()
         };
         if let Err(e) = self.record.request_address(id, &exact).await {
             self.mismatch("an address", id, &e);
@@ -121,44 +98,31 @@ impl Ipam for Tracked {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let named = !ids.is_empty();
-        let ids = named_or_all(self, ids).await?;
+        let driver = self.inner.name();
+        let recorded = self.record.utilization(ids).await?;
         let mut out = Vec::with_capacity(ids.len());
-        for id in &*ids {
-            let state = match self.record.utilization(std::slice::from_ref(id)).await {
-                Ok(mut states) if states.len() == 1 => {
-                    let mut state = states.remove(0);
-                    state.driver = self.inner.name().to_owned();
-                    state
+        for (id, state) in ids.iter().zip(recorded) {
+            let state = if !state.is_missing() {
+                PoolState {
+                    driver: driver.to_owned(),
+                    source: Source::Tracked,
+                    ..state
                 }
-                Ok(_) => router::failed(
-                    id,
-                    self.inner.name(),
-                    &Error::Internal("the record answered for another number of pools".into()),
-                ),
+            } else if self.inner.list_pools(Some(id.space())).await?.contains(id) {
                 // A pool of the driver's that the record never saw (it could not follow).
-                Err(e)
-                    if e.kind() == Kind::NotFound
-                        && self.inner.list_pools(Some(id.space())).await?.contains(id) =>
-                {
-                    router::failed(
-                        id,
-                        self.inner.name(),
-                        &Error::Driver {
-                            driver: self.inner.name().to_owned(),
-                            kind: Kind::FailedPrecondition,
-                            message: format!("pool {id} is not tracked (see the log)"),
-                        },
-                    )
+                let untracked = Error::Driver {
+                    driver: driver.to_owned(),
+                    kind: Kind::FailedPrecondition,
+                    message: format!("pool {id} is not tracked (see the log)"),
+                };
+                PoolState {
+                    source: Source::Tracked,
+                    ..PoolState::failed(id, driver, &untracked)
                 }
-                // Listed, then released before it was looked at: not reported.
-                Err(e) if !named && e.kind() == Kind::NotFound => continue,
-                Err(e) => return Err(e),
+            } else {
+                PoolState::missing(id, driver)
             };
-            out.push(PoolState {
-                source: Source::Tracked,
-                ..state
-            });
+            out.push(state);
         }
         Ok(out)
     }

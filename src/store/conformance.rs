@@ -354,59 +354,46 @@ pub async fn keeps_tenants_apart<S: Store>(store: &S) {
     assert!(store.load("t2").await.expect("load").is_empty());
 }
 
-/// Runs every check, each on a fresh store from `fresh`.
+/// Generates one test per check, each on a fresh store: `#[attribute] (arguments) => store`,
+/// the store built from the test's arguments (none for `#[tokio::test]`, the pool of a fresh
+/// database for `#[sqlx::test]`). Without a list of checks, every check every backend passes.
 macro_rules! conformance_tests {
-    ($fresh:expr) => {
-        #[tokio::test]
-        async fn round_trips_subnets() {
-            crate::store::conformance::round_trips_subnets(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn refuses_duplicates_and_stale_versions() {
-            crate::store::conformance::refuses_duplicates_and_stale_versions(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn keeps_tenants_apart() {
-            crate::store::conformance::keeps_tenants_apart(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn changes_rebuild_the_subnet() {
-            crate::store::conformance::changes_rebuild_the_subnet(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn lists_versions() {
-            crate::store::conformance::lists_versions(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn reports_one_version() {
-            crate::store::conformance::reports_one_version(&$fresh).await;
-        }
-
-        #[tokio::test]
-        async fn records_remote_pools() {
-            crate::store::conformance::records_remote_pools(&$fresh).await;
-        }
+    (#[$attr:meta] $params:tt => $fresh:expr) => {
+        crate::store::conformance::conformance_tests!(
+            #[$attr] $params => $fresh;
+            round_trips_subnets,
+            refuses_duplicates_and_stale_versions,
+            keeps_tenants_apart,
+            changes_rebuild_the_subnet,
+            lists_versions,
+            reports_one_version,
+            records_remote_pools,
+        );
+    };
+    (#[$attr:meta] $params:tt => $fresh:expr; $($check:ident),+ $(,)?) => {
+        $(
+            #[$attr]
+            async fn $check $params {
+                crate::store::conformance::$check(&$fresh).await;
+            }
+        )+
     };
 }
 pub(crate) use conformance_tests;
 
 mod memory {
-    super::conformance_tests!(crate::store::MemoryStore::new());
+    use crate::store::MemoryStore;
 
-    #[tokio::test]
-    async fn refuses_overlapping_subnets() {
-        super::refuses_overlapping_subnets(&crate::store::MemoryStore::new()).await;
-    }
+    super::conformance_tests!(#[tokio::test] () => MemoryStore::new());
+    super::conformance_tests!(
+        #[tokio::test] () => MemoryStore::new();
+        refuses_overlapping_subnets
+    );
 }
 
 mod sqlite {
     super::conformance_tests!(
-        crate::store::SqliteStore::connect("sqlite::memory:")
+        #[tokio::test] () => crate::store::SqliteStore::connect("sqlite::memory:")
             .await
             .expect("in-memory sqlite")
     );
@@ -451,43 +438,11 @@ mod postgres {
         PgStore::from_pool(pool, Duration::from_secs(30))
     }
 
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn round_trips_subnets(pool: PgPool) {
-        super::round_trips_subnets(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn refuses_duplicates_and_stale_versions(pool: PgPool) {
-        super::refuses_duplicates_and_stale_versions(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn keeps_tenants_apart(pool: PgPool) {
-        super::keeps_tenants_apart(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn changes_rebuild_the_subnet(pool: PgPool) {
-        super::changes_rebuild_the_subnet(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn lists_versions(pool: PgPool) {
-        super::lists_versions(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn reports_one_version(pool: PgPool) {
-        super::reports_one_version(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn refuses_overlapping_subnets(pool: PgPool) {
-        super::refuses_overlapping_subnets(&store(pool)).await;
-    }
-
-    #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-    async fn records_remote_pools(pool: PgPool) {
-        super::records_remote_pools(&store(pool)).await;
-    }
+    super::conformance_tests!(
+        #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")] (pool: PgPool) => store(pool)
+    );
+    super::conformance_tests!(
+        #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")] (pool: PgPool) => store(pool);
+        refuses_overlapping_subnets
+    );
 }

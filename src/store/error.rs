@@ -1,9 +1,12 @@
 //! The store's error type, in domain terms: callers never see a driver's error type.
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::engine;
 
 /// What went wrong talking to a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The subnet is not stored (deleted by someone else).
     #[error("subnet {subnet} of address space {space} is not stored")]
@@ -14,7 +17,7 @@ pub enum Error {
     /// The database cannot be reached; retrying later may succeed. (The cause is in the
     /// message, not chained as a source, so a printed chain says it once.)
     #[error("store unavailable: {0}")]
-    Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    Unavailable(Cause),
     /// Stored data does not decode.
     #[error("stored subnet {subnet} of address space {space} is corrupt")]
     Corrupt {
@@ -25,45 +28,28 @@ pub enum Error {
     },
     /// Anything else the database reported (the cause in the message, as for `Unavailable`).
     #[error("store error: {0}")]
-    Internal(Box<dyn std::error::Error + Send + Sync>),
+    Internal(Cause),
 }
 
-impl Error {
-    /// An equal error for another caller: same variant and message, sources kept as text.
-    #[must_use]
-    pub fn replicate(&self) -> Self {
-        match self {
-            Self::NotFound { space, subnet } => Self::NotFound {
-                space: space.clone(),
-                subnet: subnet.clone(),
-            },
-            Self::Conflict { space, subnet } => Self::Conflict {
-                space: space.clone(),
-                subnet: subnet.clone(),
-            },
-            Self::Unavailable(source) => Self::Unavailable(chain(source.as_ref()).into()),
-            Self::Corrupt {
-                space,
-                subnet,
-                source,
-            } => Self::Corrupt {
-                space: space.clone(),
-                subnet: subnet.clone(),
-                source: source.clone(),
-            },
-            Self::Internal(source) => Self::Internal(chain(source.as_ref()).into()),
-        }
+/// The cause of an `Unavailable` or `Internal` store error, as the database reported it;
+/// shared, so that one failure can answer every caller of a batch.
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn std::error::Error + Send + Sync>);
+
+impl<E> From<E> for Cause
+where
+    Box<dyn std::error::Error + Send + Sync>: From<E>,
+{
+    fn from(e: E) -> Self {
+        Self(Arc::from(Box::<dyn std::error::Error + Send + Sync>::from(
+            e,
+        )))
     }
 }
 
-/// An error and its sources, as one line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The cause's own message (database errors repeat their sources in it).
+        self.0.fmt(f)
     }
-    out
 }

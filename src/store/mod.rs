@@ -14,7 +14,7 @@ use ipnet::IpNet;
 
 use crate::engine::{AddrSet, RunDelta, Subnet};
 
-pub use error::Error;
+pub use error::{Cause, Error};
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -91,4 +91,15 @@ fn layers_keep_to_their_dependencies() {
         &["tonic", "prost", "crate::api", "crate::proto"],
         "stores and drivers know nothing of the API",
     );
+    // proto.rs converts between the wire and the domain; the API uses it, never the reverse.
+    let proto = code_under("src")
+        .into_iter()
+        .filter(|(p, _)| p.ends_with("src/proto.rs"))
+        .collect::<Vec<_>>();
+    assert_eq!(proto.len(), 1, "found src/proto.rs");
+    assert_absent(
+        &proto,
+        &["crate::api", "super::api"],
+        "proto.rs sits below the API (ARCHITECTURE.md)",
+    );
 }

@@ -56,7 +56,7 @@ impl<T> Answer<T> {
     /// Answers the caller: the job's own result, or the error that failed its batch.
     fn send(self, failed: Option<&Error>) {
         let result = match failed {
-            Some(e) => Err(e.replicate()),
+            Some(e) => Err(e.clone()),
             None => self
                 .decided
                 .unwrap_or_else(|| Err(Error::Internal("a batch left a job undecided".into()))),

@@ -28,7 +28,7 @@ use ipnet::IpNet;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Capabilities, Error, Ipam, PoolState, Source, not_found};
+use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     Subnet,
@@ -149,6 +149,25 @@ impl Builtin {
         }
     }
 
+    /// Returns the published view of pool `id`'s subnet. A pool missing from the cache is
+    /// looked up in the store before the answer is `PoolNotFound`: another replica may have
+    /// created it a moment ago, before its announcement arrived.
+    async fn published(&self, id: &PoolId) -> Result<Arc<Subnet>, Error> {
+        let ctx = &self.ctx;
+        let subnet = ctx.cell(id).await?.view();
+        if subnet.has_pool(id.sub_pool()) {
+            return Ok(subnet);
+        }
+        ctx.bounded(Instant::now(), ctx.recheck(id.space(), id.subnet()))
+            .await?;
+        let subnet = ctx.cell(id).await?.view();
+        if subnet.has_pool(id.sub_pool()) {
+            Ok(subnet)
+        } else {
+            Err(not_found(id))
+        }
+    }
+
     /// Plans a pool request on the cached subnets and carries it out: creates the subnet
     /// or adds the sub-pool to it. A refusal decided on the cache is checked against the
     /// store first. Each step that reads or writes the store ends within the store's timeout
@@ -250,6 +269,7 @@ impl Ipam for Builtin {
     }
 
     async fn request_pool(&self, space: &str, req: &PoolRequest) -> Result<PoolId, Error> {
+        refuse_options(&req.options)?;
         self.plan_and_create(space, req, Instant::now()).await
     }
 
@@ -278,7 +298,8 @@ impl Ipam for Builtin {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
-        let allocate = |answer| Op::Allocate(*req, answer);
+        refuse_options(&req.options)?;
+        let allocate = |answer| Op::Allocate(req.clone(), answer);
         let address = self.ctx.submit(Instant::now(), id, allocate).await?;
         IpNet::new(address, id.subnet().prefix_len()).map_err(|e| Error::Internal(e.to_string()))
     }
@@ -289,40 +310,15 @@ impl Ipam for Builtin {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        let state = |id: &PoolId, subnet: &Subnet| PoolState {
-            id: id.clone(),
-            driver: self.name().to_owned(),
-            source: Source::Driver,
-            utilization: Ok(subnet.utilization(id.sub_pool())),
-        };
         let mut out = Vec::with_capacity(ids.len());
-        if ids.is_empty() {
-            // Every pool, as each subnet's published view has it: a pool released meanwhile
-            // is simply not reported.
-            for (name, cache) in &self.ctx.spaces {
-                let cells: Vec<Arc<Cell>> = cache.index.read().await.values().cloned().collect();
-                for cell in cells {
-                    let subnet = cell.view();
-                    for sub_pool in subnet.pools() {
-                        out.push(state(&PoolId::new(name, subnet.net(), sub_pool)?, &subnet));
-                    }
-                }
-            }
-            return Ok(out);
-        }
         for id in ids {
-            let mut subnet = self.ctx.cell(id).await?.view();
-            if !subnet.has_pool(id.sub_pool()) {
-                // A sub-pool another replica added a moment ago: ask the store before
-                // NOT_FOUND, as for a subnet missing from the cache.
-                let recheck = self.ctx.recheck(id.space(), id.subnet());
-                self.ctx.bounded(Instant::now(), recheck).await?;
-                subnet = self.ctx.cell(id).await?.view();
-                if !subnet.has_pool(id.sub_pool()) {
-                    return Err(not_found(id));
+            out.push(match self.published(id).await {
+                Ok(subnet) => {
+                    PoolState::counted(id, self.name(), subnet.utilization(id.sub_pool()))
                 }
-            }
-            out.push(state(id, &subnet));
+                Err(e) if e.kind() == Kind::NotFound => PoolState::missing(id, self.name()),
+                Err(e) => return Err(e),
+            });
         }
         Ok(out)
     }
@@ -496,13 +492,16 @@ mod tests {
         b.utilization(std::slice::from_ref(&id)).await.unwrap();
         let req = PoolRequest::parse("10.57.0.0/24", "10.57.0.64/26", false).unwrap();
         let sub = a.request_pool("local", &req).await.unwrap();
-        let states = b.utilization(std::slice::from_ref(&sub)).await;
-        assert_eq!(states.expect("found in the store").len(), 1);
+        let states = b.utilization(std::slice::from_ref(&sub)).await.unwrap();
+        assert_eq!(states.len(), 1);
+        assert!(states[0].utilization.is_ok(), "found in the store");
     }
 
     #[tokio::test]
     async fn every_pool_state_follows_pools_created_and_released() {
         let (a, _, _) = pair().await;
+        // "Every pool" is the router's to expand, over each driver's listing.
+        let a = crate::ipam::Router::new(Arc::new(a), BTreeMap::new());
         let id = a
             .request_pool("local", &exact("10.54.0.0/24"))
             .await
@@ -510,6 +509,8 @@ mod tests {
         assert_eq!(a.utilization(&[]).await.unwrap().len(), 1);
         a.release_pool(&id).await.unwrap();
         assert!(a.utilization(&[]).await.unwrap().is_empty());
+        let missing = a.utilization(std::slice::from_ref(&id)).await;
+        assert_eq!(missing.expect_err("released").kind(), Kind::NotFound);
     }
 }
 
