@@ -17,7 +17,7 @@ pub mod request;
 pub mod subnet;
 
 pub use addrset::{AddrSet, OrdRange};
-pub use bitmap::{BLOCK_BITS, Bitmap, Run, RunDelta, block_of};
+pub use bitmap::{BLOCK_BITS, Bitmap, Run, RunDelta, block_of, block_span};
 pub use error::{Error, ErrorKind};
 pub use id::{GLOBAL_SPACE, LOCAL_SPACE, PoolId};
 pub use plan::{DefaultPool, PoolPlan, overlapping, plan_pool};

@@ -1,0 +1,450 @@
+//! PostgreSQL: production storage, shared by several replicas. Subnets and pools are `cidr`
+//! rows, each subnet's allocation bitmap is a set of rows, one per run (so a change writes only
+//! the runs it rewrote), and a version per subnet serializes writers: a write names the
+//! version it replaces and loses (`Conflict`) if another replica got there first. Every change
+//! sends a `NOTIFY` so the other replicas refresh their caches. Runtime queries only;
+//! migrations in `migrations/postgres/`.
+//!
+//! Every operation is bounded by the store's timeout: with Postgres unreachable, a request
+//! fails with `Unavailable` instead of waiting, and the pool reconnects by itself when the
+//! server is back.
+
+mod error;
+mod lock;
+mod notify;
+mod rows;
+#[cfg(test)]
+// Test addresses are built from small numbers that fit.
+#[allow(clippy::cast_possible_truncation)]
+mod tests;
+mod write;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipnet::IpNet;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::mpsc;
+
+use super::{
+    Change, Error, Event, Store, SubnetLock, SubnetRecord, from_sql_version, missed,
+    parse_versions, to_sql_version,
+};
+use crate::engine::{Run, Subnet};
+use error::map_err;
+use lock::PgLock;
+use notify::{CHANNEL, listen, notice};
+use rows::{RunRows, read_subnets};
+use write::{write_change, write_pools};
+
+/// The Postgres schema migrations, run at startup and by `allot migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Connections per process: group commit keeps one transaction in flight per subnet.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Subnets in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    // Invariant: every operation (acquiring a connection included) ends within this.
+    timeout: Duration,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`) and migrates the schema. Every later operation
+    /// fails with `Unavailable` when it cannot finish within `timeout`.
+    ///
+    /// # Errors
+    /// `Internal` for a malformed URL or a failed migration, `Unavailable` when the server
+    /// cannot be reached.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, Error> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| Error::Internal(e.into()))?;
+        // One connection first, for its error: the pool's would only say it timed out.
+        let probe = timed(timeout, async {
+            PgConnection::connect_with(&options)
+                .await
+                .map_err(|e| map_err(e, "", ""))
+        })
+        .await?;
+        let _ = probe.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(timeout)
+            .connect_with(options)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+        let store = Self::from_pool(pool, timeout);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Wraps a pool whose database is already migrated (tests get one per test).
+    #[must_use]
+    pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    /// Creates or upgrades the schema. Replicas starting together are safe: the migrator
+    /// holds an advisory lock.
+    ///
+    /// # Errors
+    /// `Internal` when a migration fails.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| Error::Internal(e.into()))
+    }
+
+    /// Runs `op`, failing with `Unavailable` when it takes longer than the store's timeout.
+    async fn timed<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        timed(self.timeout, op).await
+    }
+
+    /// Loads the subnets matching `filter` ("" or a condition on `$2`/`$3`) in one snapshot.
+    async fn load_where(
+        &self,
+        tenant: &str,
+        key: Option<(&str, IpNet)>,
+    ) -> Result<Vec<SubnetRecord>, Error> {
+        let err = |e| map_err(e, "", "");
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(err)?;
+        let records = read_subnets(&mut tx, tenant, key).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(records)
+    }
+}
+
+/// Runs `op`, failing with `Unavailable` when it takes longer than `timeout`.
+pub(super) async fn timed<T>(
+    timeout: Duration,
+    op: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Unavailable(
+            format!("postgres did not answer within {timeout:?}").into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
+        self.timed(self.load_where(tenant, None)).await
+    }
+
+    async fn load_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+    ) -> Result<Option<SubnetRecord>, Error> {
+        let mut records = self
+            .timed(self.load_where(tenant, Some((space, net))))
+            .await?;
+        Ok(records.pop())
+    }
+
+    async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error> {
+        let subnet = net.to_string();
+        let version: Option<i64> = self
+            .timed(async {
+                sqlx::query_scalar(
+                    "SELECT version FROM subnets \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr",
+                )
+                .bind(tenant)
+                .bind(space)
+                .bind(&subnet)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| map_err(e, space, &subnet))
+            })
+            .await?;
+        version.map(from_sql_version).transpose()
+    }
+
+    async fn create_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        subnet: &Subnet,
+    ) -> Result<u64, Error> {
+        let net = subnet.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        self.timed(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            // Creations in one address space take turns, so two replicas cannot both create
+            // overlapping subnets.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+                .bind(tenant)
+                .bind(space)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            let overlap: Option<String> = sqlx::query_scalar(
+                "SELECT subnet::text FROM subnets \
+                 WHERE tenant = $1 AND space = $2 AND subnet && $3::cidr LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+            if let Some(existing) = overlap {
+                return Err(Error::Conflict {
+                    space: space.to_owned(),
+                    subnet: existing,
+                });
+            }
+            let version: i64 = sqlx::query_scalar(
+                "INSERT INTO subnets (tenant, space, subnet, version, cursor) \
+                 VALUES ($1, $2, $3::cidr, 1 + COALESCE((SELECT version FROM retired \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr), 0), $4::numeric) \
+                 RETURNING version",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .bind(subnet.addrs().cursor().to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+            let version = from_sql_version(version)?;
+            write_pools(&mut tx, tenant, space, subnet)
+                .await
+                .map_err(err)?;
+            let runs: Vec<Run> = subnet.addrs().bitmap().runs().collect();
+            let rows = RunRows::of(subnet.addrs(), &[], &runs);
+            sqlx::query(
+                "INSERT INTO runs (tenant, space, subnet, first, last, bits) \
+                 SELECT $1, $2, $3::cidr, f::inet, l::inet, b \
+                 FROM unnest($4::text[], $5::text[], $6::int8[]) AS u(f, l, b)",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&net)
+            .bind(rows.firsts)
+            .bind(rows.lasts)
+            .bind(rows.bits)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(notice(tenant, space, subnet.net(), version))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(version)
+        })
+        .await
+    }
+
+    async fn update_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        change: &Change<'_>,
+        version: u64,
+    ) -> Result<(), Error> {
+        let net = change.after.net().to_string();
+        let err = |e| map_err(e, space, &net);
+        self.timed(async {
+            let updated = if change.pools_changed() {
+                let mut tx = self.pool.begin().await.map_err(err)?;
+                let updated = write_change(&mut *tx, tenant, space, change, version).await?;
+                if updated {
+                    write_pools(&mut tx, tenant, space, change.after)
+                        .await
+                        .map_err(err)?;
+                    tx.commit().await.map_err(err)?;
+                }
+                updated
+            } else {
+                // The common case (addresses only): one statement, one round trip.
+                write_change(&self.pool, tenant, space, change, version).await?
+            };
+            if updated {
+                Ok(())
+            } else {
+                Err(missed(self, tenant, space, change.after.net()).await)
+            }
+        })
+        .await
+    }
+
+    async fn delete_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        version: u64,
+    ) -> Result<(), Error> {
+        let subnet = net.to_string();
+        self.timed(async {
+            // Pools and runs go with the subnet (ON DELETE CASCADE).
+            let deleted = sqlx::query(
+                "WITH d AS ( \
+                     DELETE FROM subnets \
+                     WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr AND version = $4 \
+                     RETURNING 1 \
+                 ), r AS ( \
+                     INSERT INTO retired (tenant, space, subnet, version) \
+                     SELECT $1, $2, $3::cidr, $4 FROM d \
+                     ON CONFLICT (tenant, space, subnet) DO UPDATE SET version = excluded.version \
+                 ) \
+                 SELECT pg_notify($5, $6) FROM d",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&subnet)
+            .bind(to_sql_version(version)?)
+            .bind(CHANNEL)
+            .bind(notice(tenant, space, net, 0))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| map_err(e, space, &subnet))?;
+            if deleted.is_empty() {
+                return Err(missed(self, tenant, space, net).await);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lock_subnet(
+        &self,
+        tenant: &str,
+        space: &str,
+        net: IpNet,
+        cached_version: u64,
+    ) -> Result<Option<Box<dyn SubnetLock>>, Error> {
+        let subnet = net.to_string();
+        let err = |e| map_err(e, space, &subnet);
+        self.timed(async {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            // The row lock: other writers' version updates wait for this transaction.
+            let version: Option<i64> = sqlx::query_scalar(
+                "SELECT version FROM subnets \
+                 WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr FOR UPDATE",
+            )
+            .bind(tenant)
+            .bind(space)
+            .bind(&subnet)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(err)?;
+            let Some(version) = version else {
+                return Err(Error::NotFound {
+                    space: space.to_owned(),
+                    subnet: subnet.clone(),
+                });
+            };
+            let version = from_sql_version(version)?;
+            // Read under the lock, the subnet cannot change until this transaction ends.
+            let reloaded = if version == cached_version {
+                None
+            } else {
+                read_subnets(&mut tx, tenant, Some((space, net)))
+                    .await?
+                    .pop()
+            };
+            let lock: Box<dyn SubnetLock> = Box::new(PgLock {
+                tx,
+                tenant: tenant.to_owned(),
+                space: space.to_owned(),
+                version,
+                reloaded,
+                timeout: self.timeout,
+            });
+            Ok(Some(lock))
+        })
+        .await
+    }
+
+    async fn put_remote_pool(
+        &self,
+        tenant: &str,
+        pool_id: &str,
+        remote_id: &str,
+    ) -> Result<(), Error> {
+        self.timed(async {
+            sqlx::query(
+                "INSERT INTO remote_pools (tenant, pool_id, remote_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant, pool_id) DO UPDATE SET remote_id = excluded.remote_id",
+            )
+            .bind(tenant)
+            .bind(pool_id)
+            .bind(remote_id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_err(e, "", ""))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_remote_pool(&self, tenant: &str, pool_id: &str) -> Result<(), Error> {
+        self.timed(async {
+            sqlx::query("DELETE FROM remote_pools WHERE tenant = $1 AND pool_id = $2")
+                .bind(tenant)
+                .bind(pool_id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remote_pools(&self, tenant: &str) -> Result<Vec<(String, String)>, Error> {
+        self.timed(async {
+            sqlx::query_as("SELECT pool_id, remote_id FROM remote_pools WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))
+        })
+        .await
+    }
+
+    async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
+        let rows: Vec<(String, String, i64)> = self
+            .timed(async {
+                sqlx::query_as("SELECT space, subnet::text, version FROM subnets WHERE tenant = $1")
+                    .bind(tenant)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| map_err(e, "", ""))
+            })
+            .await?;
+        parse_versions(rows)
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        Some(self.timeout)
+    }
+
+    async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let options = PgConnectOptions::clone(&self.pool.connect_options());
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(self.timeout)
+            .connect_lazy_with(options);
+        tokio::spawn(listen(pool, tx));
+        Some(rx)
+    }
+}

@@ -1,0 +1,314 @@
+//! Postgres-only checks, each in a fresh migrated database: the schema an operator reads,
+//! the size of each write, and a cold start of many subnets.
+use std::net::IpAddr;
+
+use sqlx::PgPool;
+
+use super::*;
+use crate::engine::{AddressRequest, PoolId};
+
+fn store(pool: PgPool) -> PgStore {
+    PgStore::from_pool(pool, Duration::from_secs(30))
+}
+
+fn net(s: &str) -> IpNet {
+    s.parse().expect("valid prefix")
+}
+
+/// Subnets and ranges are `cidr`, run bounds `inet`, and every table is keyed by tenant.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn the_schema_reads_as_addresses(pool: PgPool) {
+    let types: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text, udt_name::text \
+         FROM information_schema.columns WHERE table_schema = 'public' \
+         AND table_name IN ('subnets', 'pools', 'runs') ORDER BY 1, 2",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("columns");
+    let of = |t: &str, c: &str| {
+        types
+            .iter()
+            .find(|(tt, cc, _)| tt == t && cc == c)
+            .map(|(_, _, u)| u.as_str())
+    };
+    assert_eq!(of("subnets", "subnet"), Some("cidr"));
+    assert_eq!(of("pools", "sub_pool"), Some("cidr"));
+    assert_eq!(of("runs", "first"), Some("inet"));
+    assert_eq!(of("runs", "last"), Some("inet"));
+    assert_eq!(of("subnets", "version"), Some("int8"));
+    for table in ["subnets", "pools", "runs"] {
+        assert_eq!(
+            of(table, "tenant"),
+            Some("text"),
+            "{table} is keyed by tenant"
+        );
+    }
+
+    // What an operator sees for the worked example of DESIGN.md.
+    let s = store(pool.clone());
+    let subnet = Subnet::with_pools(net("192.168.10.0/24"), [Some(net("192.168.10.128/31"))])
+        .expect("inside");
+    s.create_subnet("t1", "local", &subnet)
+        .await
+        .expect("create");
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT host(first), host(last), bits FROM runs WHERE subnet = '192.168.10.0/24' \
+         ORDER BY first",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("runs");
+    assert_eq!(
+        rows,
+        vec![
+            ("192.168.10.0".to_owned(), "192.168.10.63".to_owned(), 1),
+            ("192.168.10.64".to_owned(), "192.168.10.191".to_owned(), 0),
+            (
+                "192.168.10.192".to_owned(),
+                "192.168.10.255".to_owned(),
+                i64::MIN
+            ),
+        ],
+        "a block holding the network address, free blocks, a block holding the broadcast"
+    );
+    let sub_pool: Option<String> = sqlx::query_scalar("SELECT sub_pool::text FROM pools")
+        .fetch_one(&pool)
+        .await
+        .expect("pool");
+    assert_eq!(sub_pool.as_deref(), Some("192.168.10.128/31"));
+}
+
+/// Stores `after` as `version` of a subnet that was `before`, changed in `blocks`.
+async fn store_change(s: &PgStore, before: &Subnet, after: &Subnet, blocks: &[u128], version: u64) {
+    let change = Change {
+        before,
+        after,
+        blocks,
+    };
+    s.update_subnet("t1", "local", &change, version)
+        .await
+        .expect("write");
+}
+
+/// Counts the run rows the last change of a subnet inserted or updated: rows written by
+/// one transaction share its id (`xmin`), and every change also rewrites the subnet row.
+async fn rows_written_by_last_change(pool: &PgPool, subnet: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs r JOIN subnets s USING (tenant, space, subnet) \
+         WHERE s.subnet = $1::cidr AND r.xmin::text = s.xmin::text",
+    )
+    .bind(subnet)
+    .fetch_one(pool)
+    .await
+    .expect("count")
+}
+
+/// After thousands of allocations have fragmented a /16 into thousands of runs, each
+/// further allocation or release writes a handful of rows, not the bitmap.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn a_change_writes_only_the_runs_it_rewrote(pool: PgPool) {
+    let s = store(pool.clone());
+    let cidr = "10.50.0.0/16";
+    let id = PoolId::new("local", net(cidr), None).expect("id");
+    let mut subnet = Subnet::with_pools(net(cidr), [None]).expect("pool");
+    s.create_subnet("t1", "local", &subnet)
+        .await
+        .expect("create");
+    // Every third address of the first 24,000, in a few big changes.
+    let mut version = 1;
+    for chunk in 0..8u32 {
+        let before = subnet.clone();
+        let mut blocks = Vec::new();
+        for i in 0..1000u32 {
+            let n = (chunk * 1000 + i) * 3 + 1;
+            let address = IpAddr::from([10, 50, (n >> 8) as u8, (n & 0xff) as u8]);
+            let req = AddressRequest {
+                address: Some(address),
+                ..AddressRequest::default()
+            };
+            subnet.allocate(&id, &req).expect("free");
+            blocks.push(u128::from(n) >> 6);
+        }
+        version += 1;
+        store_change(&s, &before, &subnet, &blocks, version).await;
+    }
+    let n_runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert!(n_runs > 300, "fragmented: {n_runs} runs");
+    let mut max_written = 0;
+    for step in 0..200u32 {
+        let before = subnet.clone();
+        let address = if step % 2 == 0 {
+            subnet
+                .allocate(&id, &AddressRequest::default())
+                .expect("room")
+        } else {
+            let a = IpAddr::from([10, 50, (step % 90) as u8, 1 + 3 * (step % 80) as u8]);
+            subnet.release(&id, a).expect("release");
+            a
+        };
+        let blocks = [subnet.addrs().ordinal(address).expect("inside") >> 6];
+        version += 1;
+        store_change(&s, &before, &subnet, &blocks, version).await;
+        max_written = max_written.max(rows_written_by_last_change(&pool, cidr).await);
+    }
+    assert!(
+        (1..=3).contains(&max_written),
+        "at most 3 run rows per change, out of {n_runs}: {max_written}"
+    );
+    let loaded = s
+        .load_subnet("t1", "local", net(cidr))
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(loaded.subnet, subnet);
+}
+
+/// A cold start rebuilds exactly the subnets that were there: many of them, both
+/// families, with sub-pools, allocations, releases and serial cursors.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn a_cold_start_rebuilds_every_subnet(pool: PgPool) {
+    let s = store(pool.clone());
+    let mut want = Vec::new();
+    for i in 0..300u32 {
+        let cidr = if i % 3 == 0 {
+            net(&format!("fd00:{i:x}::/64"))
+        } else {
+            net(&format!("10.{}.{}.0/24", i / 256, i % 256))
+        };
+        let mut subnet = Subnet::with_pools(cidr, [None]).expect("pool");
+        if i % 2 == 0 {
+            let sub = IpNet::new(cidr.network(), cidr.prefix_len() + 1).expect("half");
+            let id = PoolId::new("local", cidr, Some(sub)).expect("id");
+            subnet.add_pool(&id).expect("inside");
+        }
+        s.create_subnet("t1", "local", &subnet)
+            .await
+            .expect("create");
+        let id = PoolId::new("local", cidr, None).expect("id");
+        let before = subnet.clone();
+        let mut blocks = Vec::new();
+        for k in 0..(i % 17) {
+            let req = AddressRequest {
+                serial: k % 2 == 0,
+                ..AddressRequest::default()
+            };
+            let a = subnet.allocate(&id, &req).expect("room");
+            blocks.push(subnet.addrs().ordinal(a).expect("inside") >> 6);
+        }
+        store_change(&s, &before, &subnet, &blocks, 2).await;
+        want.push(("local".to_owned(), subnet, 2));
+    }
+    let fresh = store(pool);
+    let mut got: Vec<_> = fresh
+        .load("t1")
+        .await
+        .expect("load")
+        .into_iter()
+        .map(|r| (r.space, r.subnet, r.version))
+        .collect();
+    got.sort_by_key(|(_, s, _)| s.net());
+    want.sort_by_key(|(_, s, _)| s.net());
+    assert_eq!(got, want);
+}
+
+/// Two writers creating overlapping subnets: the second is refused with the first's
+/// subnet named, whatever its cache knew.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn creating_an_overlapping_subnet_names_the_one_stored(pool: PgPool) {
+    let s = store(pool);
+    let a = Subnet::with_pools(net("10.60.0.0/16"), [None]).expect("pool");
+    s.create_subnet("t1", "local", &a).await.expect("create");
+    let b = Subnet::with_pools(net("10.60.4.0/24"), [None]).expect("pool");
+    match s.create_subnet("t1", "local", &b).await {
+        Err(Error::Conflict { subnet, .. }) => assert_eq!(subnet, "10.60.0.0/16"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    s.create_subnet("t1", "global", &b)
+        .await
+        .expect("another space may hold it");
+    s.create_subnet("t2", "local", &b)
+        .await
+        .expect("another tenant may hold it");
+}
+
+/// A locked subnet makes the next locker wait, then hands it the state committed under
+/// the first lock.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn a_lock_makes_the_next_writer_wait_and_reload(pool: PgPool) {
+    let s = store(pool);
+    let cidr = net("10.71.0.0/24");
+    let mut subnet = Subnet::with_pools(cidr, [None]).expect("pool");
+    s.create_subnet("t1", "local", &subnet)
+        .await
+        .expect("create");
+    let mut first = s
+        .lock_subnet("t1", "local", cidr, 1)
+        .await
+        .expect("lock")
+        .expect("postgres locks");
+    assert_eq!(first.version(), 1);
+    assert!(
+        first.take_reloaded().is_none(),
+        "the cached version is current"
+    );
+    let other = s.clone();
+    let second = tokio::spawn(async move {
+        let mut lock = other
+            .lock_subnet("t1", "local", cidr, 1)
+            .await
+            .expect("lock")
+            .expect("postgres locks");
+        (lock.version(), lock.take_reloaded())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the second writer waits for the first"
+    );
+    let before = subnet.clone();
+    let id = PoolId::new("local", cidr, None).expect("id");
+    let a = subnet
+        .allocate(&id, &AddressRequest::default())
+        .expect("room");
+    let blocks = [subnet.addrs().ordinal(a).expect("inside") >> 6];
+    let change = Change {
+        before: &before,
+        after: &subnet,
+        blocks: &blocks,
+    };
+    first.commit(&change, 2).await.expect("commit");
+    let (version, reloaded) = second.await.expect("second writer");
+    assert_eq!(version, 2);
+    assert_eq!(reloaded.map(|r| r.subnet), Some(subnet));
+    assert!(matches!(
+        s.lock_subnet("t1", "local", net("10.72.0.0/24"), 1).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// Changes are announced: a subscriber hears a resync, then each commit's version.
+#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
+async fn subscribers_hear_every_change(pool: PgPool) {
+    let s = store(pool);
+    let mut events = s.subscribe().await.expect("postgres reports changes");
+    assert_eq!(events.recv().await, Some(Event::Resync));
+    let subnet = Subnet::with_pools(net("10.70.0.0/24"), [None]).expect("pool");
+    s.create_subnet("t1", "local", &subnet)
+        .await
+        .expect("create");
+    let changed = |version| Event::Changed {
+        tenant: "t1".into(),
+        space: "local".into(),
+        subnet: net("10.70.0.0/24"),
+        version,
+    };
+    assert_eq!(events.recv().await, Some(changed(1)));
+    s.delete_subnet("t1", "local", net("10.70.0.0/24"), 1)
+        .await
+        .expect("delete");
+    assert_eq!(events.recv().await, Some(changed(0)));
+}
