@@ -1,223 +1,211 @@
-//! allot as a Docker IPAM plugin: libnetwork's remote IPAM protocol (HTTP/1.1 `POST`s with
-//! JSON bodies) on a unix socket, backed by whichever driver serves the address space. A
-//! Docker daemon then creates networks with `--ipam-driver allot`, and their utilization shows
-//! in `GetIpamState` and `allot state`.
+//! allot as a Docker IPAM plugin: libnetwork's remote IPAM protocol
+//! ([`protocol`](crate::ipam::protocol), typed once for both directions) on a unix socket,
+//! backed by whichever driver serves the address space. A Docker daemon then creates networks
+//! with `--ipam-driver allot`, and their utilization shows in `GetIpamState` and `allot state`.
 //!
+//! The endpoints are routed by axum; connections are served by hyper here, under the same
+//! account as gRPC's (`api::conn`: a cap, eviction, timeouts) and with a header-read timeout.
 //! Errors follow the protocol: a driver's refusal is HTTP 200 with `{"Error": "..."}`; a
-//! malformed request is 400 and an unknown endpoint 404, each with `{"Err": "..."}`. Options
-//! this driver does not know are ignored, as Docker's built-in driver does; known ones are
-//! checked.
+//! malformed request is 400, an unknown endpoint 404 and any method but `POST` 405, each with
+//! `{"Err": "..."}`. Options this driver does not know are ignored, as Docker's built-in driver
+//! does; known ones are checked.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::header::CONTENT_TYPE;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
+use tower_service::Service;
 use tracing::Instrument;
 
 use super::conn::Incoming as Connections;
-use crate::engine::{self, GATEWAY_ADDRESS_TYPE, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
+use crate::engine::{self, AddressRequest, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
+use crate::ipam::protocol::{self as wire, CONTENT_TYPE};
 use crate::ipam::{self, Ipam};
 use crate::proto;
 
-/// The content type of every request and answer.
-pub const PLUGIN_CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
+/// The content type of every request and answer (the protocol's).
+pub use crate::ipam::protocol::CONTENT_TYPE as PLUGIN_CONTENT_TYPE;
 
 /// Largest request body taken (Docker's are a few hundred bytes).
 const MAX_BODY: usize = 64 * 1024;
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RequestPoolBody {
-    #[serde(default)]
-    address_space: String,
-    #[serde(default)]
-    pool: String,
-    #[serde(default)]
-    sub_pool: String,
-    #[serde(default)]
-    options: Option<HashMap<String, String>>,
-    #[serde(default, rename = "V6")]
-    v6: bool,
+/// An answer: a status and a JSON body, with the protocol's content type.
+struct Reply(StatusCode, Vec<u8>);
+
+impl Reply {
+    fn new(status: StatusCode, body: &impl Serialize) -> Self {
+        // Plain structs of strings and maps: serializing them cannot fail.
+        Self(
+            status,
+            serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()),
+        )
+    }
+
+    fn ok(body: &impl Serialize) -> Self {
+        Self::new(StatusCode::OK, body)
+    }
+
+    /// A driver's refusal: 200 with `Error`.
+    fn refused(e: &ipam::Error) -> Self {
+        Self::ok(&wire::Failure::refusal(e.public_message()))
+    }
+
+    /// A failure of the call itself: 400, 404 or 405 with `Err`.
+    fn failed(status: StatusCode, message: String) -> Self {
+        Self::new(status, &wire::Failure::call(message))
+    }
 }
 
-#[derive(Deserialize)]
-struct PoolBody {
-    #[serde(rename = "PoolID")]
-    pool_id: String,
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        (self.0, [(header::CONTENT_TYPE, CONTENT_TYPE)], self.1).into_response()
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct AddressBody {
-    #[serde(rename = "PoolID")]
-    pool_id: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    options: Option<HashMap<String, String>>,
-}
-
-/// What went wrong with one call, as the protocol reports it.
-enum Failure {
-    /// The driver refused: 200 with `Error`.
-    Refused(String),
-    /// The request is malformed: 400 with `Err`.
-    BadRequest(String),
-    /// No such endpoint: 404 with `Err`.
-    NotFound(String),
-}
-
-impl From<ipam::Error> for Failure {
+impl From<ipam::Error> for Reply {
     fn from(e: ipam::Error) -> Self {
-        Self::Refused(e.public_message())
+        Self::refused(&e)
     }
 }
 
-impl From<engine::Error> for Failure {
+impl From<engine::Error> for Reply {
     fn from(e: engine::Error) -> Self {
-        Self::Refused(e.to_string())
+        Self::refused(&e.into())
     }
 }
 
-fn answer(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(PLUGIN_CONTENT_TYPE),
-    );
-    r
+/// A request body, read (at most [`MAX_BODY`]) and decoded; 400 when it cannot be.
+struct Call<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Call<T> {
+    type Rejection = Reply;
+
+    async fn from_request(req: Request, _: &S) -> Result<Self, Reply> {
+        let bad = |message| Reply::failed(StatusCode::BAD_REQUEST, message);
+        let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+            .await
+            .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
+        serde_json::from_slice(&body)
+            .map(Call)
+            .map_err(|e| bad(format!("malformed request: {e}")))
+    }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Failure> {
-    serde_json::from_slice(body).map_err(|e| Failure::BadRequest(format!("malformed request: {e}")))
+type Driver = State<Arc<dyn Ipam>>;
+
+/// The protocol's endpoints on `ipam`.
+fn routes(ipam: Arc<dyn Ipam>) -> axum::Router {
+    axum::Router::new()
+        .route(wire::ACTIVATE, post(activate))
+        .route(wire::GET_CAPABILITIES, post(capabilities))
+        .route(wire::GET_DEFAULT_ADDRESS_SPACES, post(address_spaces))
+        .route(wire::REQUEST_POOL, post(request_pool))
+        .route(wire::RELEASE_POOL, post(release_pool))
+        .route(wire::REQUEST_ADDRESS, post(request_address))
+        .route(wire::RELEASE_ADDRESS, post(release_address))
+        .fallback(|req: Request| async move {
+            let path = engine::error::shown(req.uri().path());
+            let message = format!("{path} is not an endpoint of this IPAM plugin");
+            Reply::failed(StatusCode::NOT_FOUND, message)
+        })
+        .method_not_allowed_fallback(|| async {
+            let message = "the plugin protocol uses POST".to_owned();
+            Reply::failed(StatusCode::METHOD_NOT_ALLOWED, message)
+        })
+        .with_state(ipam)
 }
 
-/// Keeps the options this driver knows, for `RequestAddress`; logs the others.
-fn known_address_options(options: Option<HashMap<String, String>>) -> HashMap<String, String> {
-    let mut known = HashMap::new();
-    for (key, value) in options.unwrap_or_default() {
+async fn activate() -> Reply {
+    Reply::ok(&wire::Activated {
+        implements: vec!["IpamDriver".to_owned()],
+    })
+}
+
+async fn capabilities(State(ipam): Driver) -> Reply {
+    let caps = ipam.capabilities();
+    Reply::ok(&wire::Capabilities {
+        requires_mac_address: caps.requires_mac_address,
+        requires_request_replay: caps.requires_request_replay,
+    })
+}
+
+async fn address_spaces(State(ipam): Driver) -> Reply {
+    let (local, global) = ipam.default_address_spaces();
+    Reply::ok(&wire::AddressSpaces {
+        local_default_address_space: local,
+        global_default_address_space: global,
+    })
+}
+
+async fn request_pool(
+    State(ipam): Driver,
+    Call(b): Call<wire::RequestPool>,
+) -> Result<Reply, Reply> {
+    for key in b.options.keys() {
+        tracing::debug!(key, "docker plugin: ignoring a pool option");
+    }
+    engine::id::check_space_name(&b.address_space)?;
+    let req = PoolRequest::parse(&b.pool, &b.sub_pool, b.v6)?;
+    let id = ipam.request_pool(&b.address_space, &req).await?;
+    Ok(Reply::ok(&wire::PoolGiven {
+        pool_id: id.to_string(),
+        pool: id.subnet().to_string(),
+        data: wire::Options::new(),
+    }))
+}
+
+async fn release_pool(
+    State(ipam): Driver,
+    Call(b): Call<wire::ReleasePool>,
+) -> Result<Reply, Reply> {
+    let id = proto::pool_id(&b.pool_id)?;
+    ipam.release_pool(&id).await?;
+    Ok(Reply::ok(&wire::Done {}))
+}
+
+async fn request_address(
+    State(ipam): Driver,
+    Call(b): Call<wire::RequestAddress>,
+) -> Result<Reply, Reply> {
+    let id = proto::pool_id(&b.pool_id)?;
+    // Only the options allot reads itself are kept, as Docker's own driver does.
+    let mut known = std::collections::HashMap::new();
+    for (key, value) in b.options {
         if key == SERIAL_OPTION || key == REQUEST_ADDRESS_TYPE {
             known.insert(key, value);
         } else {
             tracing::debug!(key, "docker plugin: ignoring an address option");
         }
     }
-    known
+    let req = AddressRequest::parse(&id, &b.address, &known)?;
+    let address = ipam.request_address(&id, &req).await?;
+    if req.gateway {
+        tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
+    }
+    Ok(Reply::ok(&wire::AddressGiven {
+        address: address.to_string(),
+        data: wire::Options::new(),
+    }))
 }
 
-/// Answers one endpoint.
-async fn call(ipam: &dyn Ipam, path: &str, body: &[u8]) -> Result<Value, Failure> {
-    match path {
-        "/Plugin.Activate" => Ok(json!({ "Implements": ["IpamDriver"] })),
-        "/IpamDriver.GetCapabilities" => {
-            let caps = ipam.capabilities();
-            Ok(json!({
-                "RequiresMACAddress": caps.requires_mac_address,
-                "RequiresRequestReplay": caps.requires_request_replay,
-            }))
-        }
-        "/IpamDriver.GetDefaultAddressSpaces" => {
-            let (local, global) = ipam.default_address_spaces();
-            Ok(json!({
-                "LocalDefaultAddressSpace": local,
-                "GlobalDefaultAddressSpace": global,
-            }))
-        }
-        "/IpamDriver.RequestPool" => {
-            let b: RequestPoolBody = parse(body)?;
-            for key in b.options.unwrap_or_default().keys() {
-                tracing::debug!(key, "docker plugin: ignoring a pool option");
-            }
-            engine::id::check_space_name(&b.address_space)?;
-            let req = PoolRequest::parse(&b.pool, &b.sub_pool, b.v6)?;
-            let id = ipam.request_pool(&b.address_space, &req).await?;
-            Ok(json!({
-                "PoolID": id.to_string(),
-                "Pool": id.subnet().to_string(),
-                "Data": {},
-            }))
-        }
-        "/IpamDriver.ReleasePool" => {
-            let b: PoolBody = parse(body)?;
-            let id = proto::pool_id(&b.pool_id)?;
-            ipam.release_pool(&id).await?;
-            Ok(json!({}))
-        }
-        "/IpamDriver.RequestAddress" => {
-            let b: AddressBody = parse(body)?;
-            let id = proto::pool_id(&b.pool_id)?;
-            let options = known_address_options(b.options);
-            // Only the options allot reads itself are kept, as Docker's own driver does.
-            let req = engine::AddressRequest::parse(&id, &b.address, &options)?;
-            let address = ipam.request_address(&id, &req).await?;
-            if options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS_TYPE) {
-                tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
-            }
-            Ok(json!({ "Address": address.to_string(), "Data": {} }))
-        }
-        "/IpamDriver.ReleaseAddress" => {
-            let b: AddressBody = parse(body)?;
-            let id = proto::pool_id(&b.pool_id)?;
-            let address = engine::request::parse_address(&id, &b.address)?;
-            ipam.release_address(&id, address).await?;
-            Ok(json!({}))
-        }
-        other => Err(Failure::NotFound(format!(
-            "{} is not an endpoint of this IPAM plugin",
-            engine::error::shown(other)
-        ))),
-    }
-}
-
-/// Answers one HTTP request.
-async fn handle(ipam: Arc<dyn Ipam>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let span = tracing::info_span!("DockerPlugin", path = %path);
-    async move {
-        if req.method() != Method::POST {
-            return answer(
-                StatusCode::METHOD_NOT_ALLOWED,
-                &json!({ "Err": "the plugin protocol uses POST" }),
-            );
-        }
-        let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    &json!({ "Err": format!("cannot read the request body: {e}") }),
-                );
-            }
-        };
-        match call(ipam.as_ref(), &path, &body).await {
-            Ok(value) => answer(StatusCode::OK, &value),
-            Err(Failure::Refused(message)) => answer(StatusCode::OK, &json!({ "Error": message })),
-            Err(Failure::BadRequest(message)) => {
-                answer(StatusCode::BAD_REQUEST, &json!({ "Err": message }))
-            }
-            Err(Failure::NotFound(message)) => {
-                answer(StatusCode::NOT_FOUND, &json!({ "Err": message }))
-            }
-        }
-    }
-    .instrument(span)
-    .await
+async fn release_address(
+    State(ipam): Driver,
+    Call(b): Call<wire::ReleaseAddress>,
+) -> Result<Reply, Reply> {
+    let id = proto::pool_id(&b.pool_id)?;
+    let address = engine::request::parse_address(&id, &b.address)?;
+    ipam.release_address(&id, address).await?;
+    Ok(Reply::ok(&wire::Done {}))
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -308,17 +296,18 @@ pub async fn serve(
 ) {
     let _socket = path;
     let header_timeout = incoming.limits().handshake_timeout;
+    let routes = routes(ipam);
     loop {
         let stream = tokio::select! {
             conn = incoming.next() => conn,
             () = stopped(&mut stop) => return,
         };
-        let ipam = Arc::clone(&ipam);
+        let routes = routes.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let ipam = Arc::clone(&ipam);
-                async move { Ok::<_, std::convert::Infallible>(handle(ipam, req).await) }
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let span = tracing::info_span!("DockerPlugin", path = %req.uri().path());
+                routes.clone().call(req).instrument(span)
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

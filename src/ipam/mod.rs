@@ -9,6 +9,7 @@
 
 mod builtin;
 mod null;
+pub mod protocol;
 pub mod remote;
 mod router;
 mod tracked;

@@ -5,30 +5,35 @@
 //! allot names a remote pool like any other, `<space>/<subnet>[/<sub-pool>]`, and keeps the
 //! plugin's own (opaque) pool id beside it in the store, so a restart loses neither.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use ipnet::IpNet;
-use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
 use tokio::sync::{OnceCell, RwLock};
 
+use super::protocol::{self as wire, CONTENT_TYPE};
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found};
 use crate::engine::{
     AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION,
     SubnetSpec,
 };
 use crate::store::Store;
-
-/// The content type of the protocol.
-const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 
 /// Largest answer taken from a plugin.
 const MAX_ANSWER: usize = 1024 * 1024;
@@ -89,8 +94,7 @@ pub struct Remote {
     tenant: String,
     // Invariant: the pools allot holds at the plugin, with the plugin's ids (as stored).
     pools: RwLock<BTreeMap<PoolId, String>>,
-    // Kept-alive connections to the plugin, idle between calls (at most `MAX_IDLE`).
-    idle: Mutex<Vec<Sender>>,
+    transport: Transport,
 }
 
 /// What the plugin said when activated.
@@ -100,14 +104,69 @@ struct Activation {
     space: String,
 }
 
-/// A connection's request half.
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-/// A plugin's answer, before its body is read.
-type Answer = hyper::Response<hyper::body::Incoming>;
-
 /// Most idle connections kept to one plugin.
 const MAX_IDLE: usize = 64;
+
+/// The HTTP/1.1 client of one plugin: hyper-util's, which keeps idle connections for the next
+/// call and sends a request again on a new connection only when a reused one closed before
+/// the request went out (never one that may have been sent).
+enum Transport {
+    Unix(Client<UnixConnector, Full<Bytes>>),
+    Tcp(Client<HttpConnector, Full<Bytes>>),
+}
+
+impl Transport {
+    fn new(endpoint: &Endpoint) -> Self {
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder.pool_max_idle_per_host(MAX_IDLE);
+        match endpoint {
+            Endpoint::Unix(path) => Self::Unix(builder.build(UnixConnector(path.as_path().into()))),
+            Endpoint::Tcp(_) => {
+                let mut tcp = HttpConnector::new();
+                tcp.set_nodelay(true);
+                Self::Tcp(builder.build(tcp))
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        match self {
+            Self::Unix(client) => client.request(req).await,
+            Self::Tcp(client) => client.request(req).await,
+        }
+    }
+}
+
+/// Connects to a plugin's unix socket, whatever the request's URI says.
+#[derive(Clone)]
+struct UnixConnector(Arc<Path>);
+
+impl tower_service::Service<Uri> for UnixConnector {
+    type Response = TokioIo<UnixStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Uri) -> Self::Future {
+        let path = Arc::clone(&self.0);
+        Box::pin(async move { UnixStream::connect(&*path).await.map(TokioIo::new) })
+    }
+}
+
+/// The deepest cause of an error: what went wrong, without the layers that wrapped it.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = e;
+    while let Some(source) = deepest.source() {
+        deepest = source;
+    }
+    deepest.to_string()
+}
 
 fn unavailable(endpoint: &Endpoint, what: impl std::fmt::Display) -> Error {
     Error::Driver {
@@ -151,6 +210,7 @@ impl Remote {
             }
         }
         let remote = Self {
+            transport: Transport::new(&endpoint),
             endpoint,
             timeout,
             configured_space: remote_space,
@@ -158,7 +218,6 @@ impl Remote {
             store,
             tenant: tenant.to_owned(),
             pools: RwLock::new(pools),
-            idle: Mutex::new(Vec::new()),
         };
         if let Err(e) = remote.activation().await {
             tracing::warn!(error = %e, "remote ipam plugin not ready yet; retrying on first use");
@@ -170,37 +229,32 @@ impl Remote {
     async fn activation(&self) -> Result<&Activation, Error> {
         self.activation
             .get_or_try_init(|| async {
-                let activated = self.call("/Plugin.Activate", None).await?;
-                let implements = activated["Implements"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default();
-                if !implements.iter().any(|i| i == "IpamDriver") {
+                let activated: wire::Activated = self.call(wire::ACTIVATE, None::<&()>).await?;
+                if !activated.implements.iter().any(|i| i == "IpamDriver") {
                     return Err(unavailable(
                         &self.endpoint,
-                        format!("not an IPAM driver (it implements {implements:?})"),
+                        format!(
+                            "not an IPAM driver (it implements {:?})",
+                            activated.implements
+                        ),
                     ));
                 }
                 // Optional for a plugin: a 404 means no capabilities.
-                let capabilities = match self.call("/IpamDriver.GetCapabilities", None).await {
-                    Ok(caps) => Capabilities {
-                        requires_mac_address: caps["RequiresMACAddress"].as_bool().unwrap_or(false),
-                        requires_request_replay: caps["RequiresRequestReplay"]
-                            .as_bool()
-                            .unwrap_or(false),
-                    },
-                    Err(_) => Capabilities::default(),
-                };
+                let capabilities = self
+                    .call::<wire::Capabilities>(wire::GET_CAPABILITIES, None::<&()>)
+                    .await
+                    .map(|caps| Capabilities {
+                        requires_mac_address: caps.requires_mac_address,
+                        requires_request_replay: caps.requires_request_replay,
+                    })
+                    .unwrap_or_default();
                 let space = match &self.configured_space {
                     Some(space) => space.clone(),
                     None => {
-                        let spaces = self
-                            .call("/IpamDriver.GetDefaultAddressSpaces", None)
+                        let spaces: wire::AddressSpaces = self
+                            .call(wire::GET_DEFAULT_ADDRESS_SPACES, None::<&()>)
                             .await?;
-                        spaces["LocalDefaultAddressSpace"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned()
+                        spaces.local_default_address_space
                     }
                 };
                 tracing::info!(endpoint = %self.endpoint, space, "remote ipam plugin activated");
@@ -212,91 +266,55 @@ impl Remote {
             .await
     }
 
-    /// Opens a new HTTP/1.1 connection to the plugin.
-    async fn connect_new(&self) -> Result<Sender, Error> {
-        let io: Box<dyn Io> = match &self.endpoint {
-            Endpoint::Unix(path) => Box::new(
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|e| unavailable(&self.endpoint, e))?,
-            ),
-            Endpoint::Tcp(host) => Box::new(
-                tokio::net::TcpStream::connect(host)
-                    .await
-                    .map_err(|e| unavailable(&self.endpoint, e))?,
-            ),
-        };
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| unavailable(&self.endpoint, e))?;
-        tokio::spawn(conn);
-        Ok(sender)
-    }
-
-    /// Sends `req` on an idle kept-alive connection, or a new one. A request that a reused
-    /// connection could not send (the plugin closed it meanwhile) goes again on a new one;
-    /// one that may have been sent is never sent twice.
-    async fn send(&self, req: hyper::Request<Full<Bytes>>) -> Result<(Sender, Answer), Error> {
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut req = req;
-        if let Some(mut sender) = idle
-            && !sender.is_closed()
-            && sender.ready().await.is_ok()
-        {
-            match sender.try_send_request(req).await {
-                Ok(answer) => return Ok((sender, answer)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(unavailable(&self.endpoint, e.into_error())),
-                },
-            }
-        }
-        let mut sender = self.connect_new().await?;
-        let answer = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unavailable(&self.endpoint, e))?;
-        Ok((sender, answer))
-    }
-
-    /// Calls one endpoint; returns the answer, or the plugin's error.
-    async fn call(&self, path: &str, body: Option<Value>) -> Result<Value, Error> {
+    /// Calls one endpoint with `body` (none: an empty body); returns the answer, or the
+    /// plugin's refusal. Bounded by the driver's timeout.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, Error> {
         let call = async {
-            let body = body.map(|b| format!("{b}\n")).unwrap_or_default();
-            let req = hyper::Request::post(path)
-                .header("Host", "plugin")
+            let mut bytes = match body {
+                Some(body) => {
+                    serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?
+                }
+                None => Vec::new(),
+            };
+            if !bytes.is_empty() {
+                bytes.push(b'\n');
+            }
+            let authority = match &self.endpoint {
+                Endpoint::Unix(_) => "plugin",
+                Endpoint::Tcp(host) => host.as_str(),
+            };
+            let req = hyper::Request::post(format!("http://{authority}{path}"))
                 .header("Accept", CONTENT_TYPE)
                 .header("Content-Type", CONTENT_TYPE)
-                .body(Full::new(Bytes::from(body)))
+                .body(Full::new(Bytes::from(bytes)))
                 .map_err(|e| Error::Internal(e.to_string()))?;
-            let (sender, resp) = self.send(req).await?;
+            let resp = self
+                .transport
+                .send(req)
+                .await
+                .map_err(|e| unavailable(&self.endpoint, cause(&e)))?;
             let status = resp.status();
             let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| unavailable(&self.endpoint, e))?
                 .to_bytes();
-            // Read to the end: the connection can carry the next call.
-            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
-            drop(idle);
-            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let failure: wire::Failure = serde_json::from_slice(&bytes).unwrap_or_default();
             if !status.is_success() {
-                let message = answer["Err"]
-                    .as_str()
+                let message = failure
+                    .message()
                     .map_or_else(|| format!("HTTP {status}"), str::to_owned);
                 return Err(refused(&self.endpoint, &message));
             }
-            match answer["Error"].as_str() {
-                Some(message) if !message.is_empty() => Err(refused(&self.endpoint, message)),
-                _ => Ok(answer),
+            if !failure.error.is_empty() {
+                return Err(refused(&self.endpoint, &failure.error));
             }
+            serde_json::from_slice(&bytes)
+                .map_err(|e| refused(&self.endpoint, &format!("malformed answer to {path}: {e}")))
         };
         match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
@@ -316,10 +334,6 @@ impl Remote {
             .ok_or_else(|| not_found(id))
     }
 }
-
-/// A connection to a plugin, over a unix socket or TCP.
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 #[async_trait]
 impl Ipam for Remote {
@@ -365,23 +379,19 @@ impl Ipam for Remote {
         };
         let sub_pool = req.sub_pool.map(|p| p.to_string()).unwrap_or_default();
         let remote_space = self.activation().await?.space.clone();
-        let answer = self
-            .call(
-                "/IpamDriver.RequestPool",
-                Some(json!({
-                    "AddressSpace": remote_space,
-                    "Pool": pool,
-                    "SubPool": sub_pool,
-                    "Options": req.options,
-                    "V6": v6,
-                })),
-            )
-            .await?;
-        let remote_id = answer["PoolID"].as_str().unwrap_or_default().to_owned();
-        let subnet: IpNet = answer["Pool"]
-            .as_str()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| refused(&self.endpoint, &format!("RequestPool answered {answer}")))?;
+        let ask = wire::RequestPool {
+            address_space: remote_space,
+            pool,
+            sub_pool,
+            options: req.options.clone(),
+            v6,
+        };
+        let given: wire::PoolGiven = self.call(wire::REQUEST_POOL, Some(&ask)).await?;
+        let remote_id = given.pool_id;
+        let subnet: IpNet = given.pool.parse().map_err(|_| {
+            let answered = format!("RequestPool answered the pool {:?}", given.pool);
+            refused(&self.endpoint, &answered)
+        })?;
         if remote_id.is_empty() {
             return Err(refused(&self.endpoint, "RequestPool answered no PoolID"));
         }
@@ -402,11 +412,11 @@ impl Ipam for Remote {
             Err(e) => {
                 // Without its id on record allot could never use or release the pool: give
                 // it back to the plugin rather than leave it held there.
+                let release = wire::ReleasePool {
+                    pool_id: remote_id.clone(),
+                };
                 let released = self
-                    .call(
-                        "/IpamDriver.ReleasePool",
-                        Some(json!({ "PoolID": remote_id })),
-                    )
+                    .call::<wire::Done>(wire::RELEASE_POOL, Some(&release))
                     .await;
                 if let Err(release) = released {
                     tracing::warn!(remote_id, error = %release, "a plugin pool allot could not record is left at the plugin");
@@ -418,11 +428,9 @@ impl Ipam for Remote {
 
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error> {
         let remote_id = self.remote_id(id).await?;
-        self.call(
-            "/IpamDriver.ReleasePool",
-            Some(json!({ "PoolID": remote_id })),
-        )
-        .await?;
+        let release = wire::ReleasePool { pool_id: remote_id };
+        self.call::<wire::Done>(wire::RELEASE_POOL, Some(&release))
+            .await?;
         self.store
             .delete_remote_pool(&self.tenant, &id.to_string())
             .await?;
@@ -443,28 +451,23 @@ impl Ipam for Remote {
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
         let remote_id = self.remote_id(id).await?;
-        let mut options: HashMap<&str, &str> = req
-            .options
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let mut options = req.options.clone();
         if req.serial {
-            options.insert(SERIAL_OPTION, "true");
+            options.insert(SERIAL_OPTION.to_owned(), "true".to_owned());
         }
         if req.gateway {
-            options.insert(REQUEST_ADDRESS_TYPE, GATEWAY_ADDRESS_TYPE);
+            options.insert(
+                REQUEST_ADDRESS_TYPE.to_owned(),
+                GATEWAY_ADDRESS_TYPE.to_owned(),
+            );
         }
-        let answer = self
-            .call(
-                "/IpamDriver.RequestAddress",
-                Some(json!({
-                    "PoolID": remote_id,
-                    "Address": req.address.map(|a| a.to_string()).unwrap_or_default(),
-                    "Options": options,
-                })),
-            )
-            .await?;
-        let address = answer["Address"].as_str().unwrap_or_default();
+        let ask = wire::RequestAddress {
+            pool_id: remote_id,
+            address: req.address.map(|a| a.to_string()).unwrap_or_default(),
+            options,
+        };
+        let given: wire::AddressGiven = self.call(wire::REQUEST_ADDRESS, Some(&ask)).await?;
+        let address = given.address;
         address.parse::<IpNet>().map_err(|_| {
             refused(
                 &self.endpoint,
@@ -475,11 +478,12 @@ impl Ipam for Remote {
 
     async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
         let remote_id = self.remote_id(id).await?;
-        self.call(
-            "/IpamDriver.ReleaseAddress",
-            Some(json!({ "PoolID": remote_id, "Address": address.to_string() })),
-        )
-        .await?;
+        let release = wire::ReleaseAddress {
+            pool_id: remote_id,
+            address: address.to_string(),
+        };
+        self.call::<wire::Done>(wire::RELEASE_ADDRESS, Some(&release))
+            .await?;
         Ok(())
     }
 
