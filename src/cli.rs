@@ -131,8 +131,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Migrate(args) => {
-            startup::open_store(&args).await?;
-            println!("database {} is up to date", args.redacted_url());
+            println!("{}", startup::migrate(&args).await?);
             Ok(())
         }
         Command::Pool(cmd) => pool(&cli.server, cmd).await,

@@ -47,6 +47,44 @@ pub async fn open_store(args: &DatabaseArgs) -> anyhow::Result<Arc<dyn Store>> {
     bail!("unsupported database URL {shown:?}: expected sqlite://PATH, postgres://… or memory:")
 }
 
+/// Opens the database a URL names and brings its schema up to date (what `allot migrate`
+/// does); returns what it did, as one line for the operator.
+///
+/// # Errors
+/// As [`open_store`].
+pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<String> {
+    let url = args.database_url.as_str();
+    let shown = args.redacted_url();
+    let migrated = if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url).await;
+        store
+            .with_context(|| format!("opening {shown}"))?
+            .migrated()
+            .to_vec()
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url, args.database_timeout).await;
+        store
+            .with_context(|| format!("opening {shown}"))?
+            .migrated()
+            .to_vec()
+    } else {
+        open_store(args).await?;
+        return Ok(format!(
+            "database {shown} keeps nothing: no schema to migrate"
+        ));
+    };
+    Ok(match migrated.as_slice() {
+        [] => format!("database {shown} is up to date"),
+        applied => {
+            let names: Vec<String> = applied
+                .iter()
+                .map(|(version, description)| format!("{version} {description}"))
+                .collect();
+            format!("database {shown} migrated: {}", names.join(", "))
+        }
+    })
+}
+
 /// Loads the built-in driver over `store`, and routes Docker's `null` address space to the
 /// null driver, as Docker does.
 ///

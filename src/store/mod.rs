@@ -6,6 +6,7 @@
 
 mod error;
 mod memory;
+mod migrations;
 mod postgres;
 mod sqlite;
 

@@ -23,7 +23,7 @@ use super::{
 use crate::engine::Subnet;
 
 /// The SQLite schema migrations, run at startup and by `allot migrate`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::migrations::SQLITE;
 
 /// How long a writer waits for another one before giving up with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -35,6 +35,8 @@ pub struct SqliteStore {
     // Invariant: holds an exclusive `flock` on the database file (none for `:memory:`) for
     // as long as any clone of the store lives: no other process writes the file.
     _lock: Option<Arc<File>>,
+    // The migrations opening the database applied: (version, description).
+    migrated: Vec<(i64, String)>,
 }
 
 /// Opens the database file (creating it, readable by its owner only, when missing) and locks
@@ -113,11 +115,37 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| map_err(e, "", ""))?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+             WHERE type = 'table' AND name = '_sqlx_migrations')",
+        )
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| map_err(e, "", ""))?;
+        let applied: Vec<i64> = if exists {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| map_err(e, "", ""))?
+        } else {
+            Vec::new()
+        };
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| Error::Internal(e.into()))?;
-        Ok(Self { pool, _lock: lock })
+        Ok(Self {
+            pool,
+            _lock: lock,
+            migrated: super::migrations::pending(MIGRATOR, &applied),
+        })
+    }
+
+    /// The schema migrations opening the database applied, as (version, description): all of
+    /// them for a new database, none for one up to date.
+    #[must_use]
+    pub fn migrated(&self) -> &[(i64, String)] {
+        &self.migrated
     }
 
     async fn pools_of(

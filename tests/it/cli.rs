@@ -166,13 +166,25 @@ async fn bad_flags_and_urls_are_one_line_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
         assert!(!err.trim().is_empty(), "{args:?} says why");
     }
-    // `migrate` creates the default file where it is run.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-        .args(["migrate"])
-        .current_dir(&dir.0)
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    // `migrate` creates the default file where it is run, says what it applied, and then
+    // that there is nothing left to apply.
+    let migrate = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["migrate"])
+            .current_dir(&dir.0)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        migrate().await,
+        "database sqlite://allot.db migrated: 1 init, 2 remote pools, 3 retired\n"
+    );
     assert!(dir.0.join("allot.db").exists());
+    assert_eq!(
+        migrate().await,
+        "database sqlite://allot.db is up to date\n"
+    );
 }

@@ -41,7 +41,7 @@ use rows::{RunRows, read_subnets};
 use write::{write_change, write_pools};
 
 /// The Postgres schema migrations, run at startup and by `allot migrate`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::migrations::POSTGRES;
 
 /// Connections per process: group commit keeps one transaction in flight per subnet.
 const MAX_CONNECTIONS: u32 = 16;
@@ -52,6 +52,8 @@ pub struct PgStore {
     pool: PgPool,
     // Invariant: every operation (acquiring a connection included) ends within this.
     timeout: Duration,
+    // The migrations `migrate` applied: (version, description).
+    migrated: Vec<(i64, String)>,
 }
 
 impl PgStore {
@@ -77,27 +79,54 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(|e| map_err(e, "", ""))?;
-        let store = Self::from_pool(pool, timeout);
-        store.migrate().await?;
+        let mut store = Self::from_pool(pool, timeout);
+        store.migrated = store.migrate().await?;
         Ok(store)
     }
 
     /// Wraps a pool whose database is already migrated (tests get one per test).
     #[must_use]
     pub fn from_pool(pool: PgPool, timeout: Duration) -> Self {
-        Self { pool, timeout }
+        Self {
+            pool,
+            timeout,
+            migrated: Vec::new(),
+        }
     }
 
-    /// Creates or upgrades the schema. Replicas starting together are safe: the migrator
-    /// holds an advisory lock.
+    /// Creates or upgrades the schema; returns the migrations it applied, as (version,
+    /// description). Replicas starting together are safe: the migrator holds an advisory lock
+    /// (one of them applies what another reports, perhaps).
     ///
     /// # Errors
-    /// `Internal` when a migration fails.
-    pub async fn migrate(&self) -> Result<(), Error> {
+    /// `Internal` when a migration fails, `Unavailable` when the server cannot be reached.
+    pub async fn migrate(&self) -> Result<Vec<(i64, String)>, Error> {
+        let err = |e| map_err(e, "", "");
+        let applied: Vec<i64> = self
+            .timed(async {
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&self.pool)
+                    .await
+                    .or_else(|e| match &e {
+                        // The table does not exist yet: a new database.
+                        sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
+                            Ok(Vec::new())
+                        }
+                        _ => Err(err(e)),
+                    })
+            })
+            .await?;
         MIGRATOR
             .run(&self.pool)
             .await
-            .map_err(|e| Error::Internal(e.into()))
+            .map_err(|e| Error::Internal(e.into()))?;
+        Ok(super::migrations::pending(MIGRATOR, &applied))
+    }
+
+    /// The schema migrations opening the database applied (see [`PgStore::migrate`]).
+    #[must_use]
+    pub fn migrated(&self) -> &[(i64, String)] {
+        &self.migrated
     }
 
     /// Runs `op`, failing with `Unavailable` when it takes longer than the store's timeout.
