@@ -137,6 +137,23 @@ fn state_op(
     }
 }
 
+/// `GetIpamState` without pool ids: every pool of the server, expected to be `n`.
+fn every_op(
+    n: usize,
+) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
+    move |mut c: Client, _task| {
+        Box::pin(async move {
+            let r = c
+                .get_ipam_state(pb::GetIpamStateRequest {
+                    pool_ids: Vec::new(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(r.get_ref().pools.len(), n);
+        })
+    }
+}
+
 fn pair_op(
     ids: Vec<String>,
 ) -> impl Fn(Client, usize) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
@@ -189,6 +206,8 @@ async fn main() {
     );
     let sixteen = load(&cs, warmup, run, state_op(ids.clone())).await;
     row("GetIpamState, 16 pools per request", &sixteen, "req");
+    let every = load(&cs, warmup, run, every_op(ids.len())).await;
+    row("GetIpamState, every pool (16)", &every, "req");
     let pairs = load(&cs, warmup, run, pair_op(ids[..1].to_vec())).await;
     row(
         "RequestAddress+ReleaseAddress, memory store, 1 pool",

@@ -174,7 +174,7 @@ impl Ctx {
                 id: id.clone(),
                 op: op(Answer::new(reply)),
             });
-        tokio::spawn(Arc::clone(self).run_batch(cell, (id.space().to_owned(), id.subnet())));
+        tokio::spawn(Arc::clone(self).run_batch(cell));
         answer
             .await
             .map_err(|_| Error::Internal("a batch ended without answering".into()))?
@@ -184,13 +184,15 @@ impl Ctx {
     /// then answers each: its own result, or, if the batch failed, the batch's error. The
     /// batch ends by the time the store's timeout has passed since its oldest job arrived,
     /// whatever it waited for before (another batch, another replica's change being loaded).
-    async fn run_batch(self: Arc<Self>, cell: Arc<Cell>, (space, net): (String, IpNet)) {
+    async fn run_batch(self: Arc<Self>, cell: Arc<Cell>) {
         let mut state = cell.state.lock().await;
         let mut jobs =
             std::mem::take(&mut *cell.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        let Some(oldest) = jobs.iter().map(|job| job.arrived).min() else {
+        let (Some(first), Some(oldest)) = (jobs.first(), jobs.iter().map(|job| job.arrived).min())
+        else {
             return;
         };
+        let (space, net) = (first.id.space().to_owned(), first.id.subnet());
         let decided = self
             .bounded(
                 oldest,
@@ -207,16 +209,23 @@ impl Ctx {
             // now, rather than waiting out another timeout in a batch of their own.
             jobs.append(&mut cell.pending.lock().unwrap_or_else(PoisonError::into_inner));
         }
-        let deleted = state.subnet.is_none();
-        drop(state);
-        if deleted {
-            self.forget(&space, net, &cell).await;
-        }
         // Nothing of a failed batch was stored, and its refusals may have been decided on a
         // stale copy: every job gets the batch's error.
-        for job in jobs {
-            job.answer(failed.as_ref());
+        let answer = |jobs: Vec<Job>| {
+            for job in jobs {
+                job.answer(failed.as_ref());
+            }
+        };
+        if state.subnet.is_some() {
+            // Answered under the lock: callers that go on queue their next jobs meanwhile,
+            // and the next batch takes them all.
+            answer(jobs);
+            return;
         }
+        // Deleted: out of the index before anyone hears so (lock order: index, then cell).
+        drop(state);
+        self.forget(&space, net, &cell).await;
+        answer(jobs);
     }
 
     /// Decides `jobs` on the subnet's current state: applies them in order to one copy and
