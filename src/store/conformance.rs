@@ -355,8 +355,9 @@ pub async fn keeps_tenants_apart<S: Store>(store: &S) {
 }
 
 /// Generates one test per check, each on a fresh store: `#[attribute] (arguments) => store`,
-/// the store built from the test's arguments (none for `#[tokio::test]`, the pool of a fresh
-/// database for `#[sqlx::test]`). Without a list of checks, every check every backend passes.
+/// the store built in the test from its arguments (temporaries in the expression, such as a
+/// fresh Postgres database, live until the check ends). Without a list of checks, every
+/// check every backend passes.
 macro_rules! conformance_tests {
     (#[$attr:meta] $params:tt => $fresh:expr) => {
         crate::store::conformance::conformance_tests!(
@@ -427,22 +428,12 @@ mod sqlite {
 }
 
 mod postgres {
-    //! The same checks on PostgreSQL, each in a fresh migrated database (`#[sqlx::test]`).
-    use std::time::Duration;
+    //! The same checks on PostgreSQL, each in a fresh migrated database (dropped after it).
+    use crate::store::postgres::testdb::TestDb;
 
-    use sqlx::PgPool;
-
-    use crate::store::PgStore;
-
-    fn store(pool: PgPool) -> PgStore {
-        PgStore::from_pool(pool, Duration::from_secs(30))
-    }
-
+    super::conformance_tests!(#[tokio::test] () => TestDb::fresh().await.store());
     super::conformance_tests!(
-        #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")] (pool: PgPool) => store(pool)
-    );
-    super::conformance_tests!(
-        #[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")] (pool: PgPool) => store(pool);
+        #[tokio::test] () => TestDb::fresh().await.store();
         refuses_overlapping_subnets
     );
 }

