@@ -23,6 +23,7 @@ mod write;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,7 +39,7 @@ use super::{
 use crate::engine::{Run, Subnet};
 use error::map_err;
 use lock::PgLock;
-use notify::{CHANNEL, listen, notice};
+use notify::{CHANNEL, Fanout, notice};
 use rows::{RunRows, read_subnets};
 use write::{write_change, write_pools};
 
@@ -56,6 +57,8 @@ pub struct PgStore {
     timeout: Duration,
     // The migrations `migrate` applied: (version, description).
     migrated: Vec<(i64, String)>,
+    // The one `LISTEN` connection every subscriber of this store (and its clones) shares.
+    events: Arc<Fanout>,
 }
 
 impl PgStore {
@@ -93,6 +96,7 @@ impl PgStore {
             pool,
             timeout,
             migrated: Vec::new(),
+            events: Arc::default(),
         }
     }
 
@@ -469,13 +473,12 @@ impl Store for PgStore {
     }
 
     async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let options = PgConnectOptions::clone(&self.pool.connect_options());
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(self.timeout)
-            .connect_lazy_with(options);
-        tokio::spawn(listen(pool, tx));
-        Some(rx)
+        Some(self.events.subscribe(|| {
+            let options = PgConnectOptions::clone(&self.pool.connect_options());
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(self.timeout)
+                .connect_lazy_with(options)
+        }))
     }
 }

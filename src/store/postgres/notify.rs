@@ -1,10 +1,11 @@
 //! Announcing changes to the other replicas (`NOTIFY`) and hearing theirs (`LISTEN`).
 
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::store::Event;
 
@@ -35,10 +36,82 @@ pub(super) fn parse_notice(payload: &str) -> Option<Event> {
     })
 }
 
-/// Forwards every change announced on [`CHANNEL`] to `tx` until its receiver goes away. After
-/// each (re)connection it sends `Resync` first: anything announced while it was not listening
-/// is lost.
-pub(super) async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Event>) {
+/// Events one subscriber has not taken yet before it counts as lagging (and gets `Resync`).
+const BACKLOG: usize = 4096;
+
+/// Every driver of a process that shares a store hears its changes from one `LISTEN`
+/// connection: the first subscriber starts it, later ones join it, and it stops when the last
+/// one is gone (the next subscriber starts it again).
+#[derive(Debug, Default)]
+pub(super) struct Fanout {
+    // Invariant: `Some` exactly while a listener task runs for the channel; the task sets it
+    // back to `None`, under this lock, when it finds no receiver left and stops.
+    listening: Mutex<Option<broadcast::Sender<Event>>>,
+}
+
+impl Fanout {
+    fn lock(&self) -> MutexGuard<'_, Option<broadcast::Sender<Event>>> {
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Subscribes to the changes announced on [`CHANNEL`], listening on the pool `connect`
+    /// makes (of one connection) if nobody is yet. A subscriber that falls [`BACKLOG`] events
+    /// behind gets `Resync` in their place.
+    pub(super) fn subscribe(
+        self: &Arc<Self>,
+        connect: impl FnOnce() -> PgPool,
+    ) -> mpsc::UnboundedReceiver<Event> {
+        let mut events = {
+            let mut listening = self.lock();
+            match listening.as_ref() {
+                Some(sender) => sender.subscribe(),
+                None => {
+                    let (sender, events) = broadcast::channel(BACKLOG);
+                    tokio::spawn(listen(connect(), sender.clone(), Arc::clone(self)));
+                    *listening = Some(sender);
+                    events
+                }
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    () = tx.closed() => return,
+                    event = events.recv() => match event {
+                        Ok(event) => event,
+                        Err(broadcast::error::RecvError::Lagged(_)) => Event::Resync,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                };
+                if tx.send(event).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Tells the listener of `tx` whether to stop: yes when no receiver is left, and then no
+    /// later subscriber joins it (it starts a listener of its own).
+    fn retire(&self, tx: &broadcast::Sender<Event>) -> bool {
+        let mut listening = self.lock();
+        if tx.receiver_count() > 0 {
+            return false;
+        }
+        if listening.as_ref().is_some_and(|s| s.same_channel(tx)) {
+            *listening = None;
+        }
+        true
+    }
+}
+
+/// Forwards every change announced on [`CHANNEL`] to `tx` until its receivers are all gone.
+/// After each (re)connection it sends `Resync` first: anything announced while it was not
+/// listening is lost.
+async fn listen(pool: PgPool, tx: broadcast::Sender<Event>, fanout: Arc<Fanout>) {
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -46,7 +119,12 @@ pub(super) async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Event>) {
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
-            () = tx.closed() => return,
+            () = tx.closed() => {
+                if fanout.retire(&tx) {
+                    return;
+                }
+                continue;
+            }
             listener = listener => match listener {
                 Ok(listener) => listener,
                 Err(e) => {
@@ -56,18 +134,24 @@ pub(super) async fn listen(pool: PgPool, tx: mpsc::UnboundedSender<Event>) {
                 }
             },
         };
-        if tx.send(Event::Resync).is_err() {
+        if tx.send(Event::Resync).is_err() && fanout.retire(&tx) {
             return;
         }
         loop {
             let next = tokio::select! {
-                () = tx.closed() => return,
+                () = tx.closed() => {
+                    if fanout.retire(&tx) {
+                        return;
+                    }
+                    continue;
+                }
                 next = listener.try_recv() => next,
             };
             match next {
                 Ok(Some(n)) => match parse_notice(n.payload()) {
                     Some(event) => {
-                        if tx.send(event).is_err() {
+                        // Sent to nobody: the last receiver left, or joined a moment ago.
+                        if tx.send(event).is_err() && fanout.retire(&tx) {
                             return;
                         }
                     }

@@ -325,3 +325,65 @@ async fn subscribers_hear_every_change() {
         .expect("delete");
     assert_eq!(events.recv().await, Some(changed(0)));
 }
+
+/// Every subscriber of one store hears every change through one `LISTEN` connection (a
+/// process with a driver per tenant, or per tracked space, holds one, not one each), and a
+/// subscriber that comes after the last one left starts it again.
+#[tokio::test]
+async fn subscribers_share_one_listening_connection() {
+    let db = TestDb::fresh().await;
+    let s = store(db.pool.clone());
+    let listening = || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .expect("activity");
+        n
+    };
+    let mut a = s.subscribe().await.expect("postgres reports changes");
+    let mut b = s
+        .clone()
+        .subscribe()
+        .await
+        .expect("postgres reports changes");
+    // The listener's first words, to whoever had joined by then.
+    assert_eq!(a.recv().await, Some(Event::Resync));
+    let subnet = Subnet::with_pools(net("10.73.0.0/24"), [None]).expect("pool");
+    s.create_subnet("t1", "local", &subnet)
+        .await
+        .expect("create");
+    let created = Event::Changed {
+        tenant: "t1".into(),
+        space: "local".into(),
+        subnet: net("10.73.0.0/24"),
+        version: 1,
+    };
+    assert_eq!(a.recv().await, Some(created.clone()));
+    loop {
+        match b.recv().await {
+            Some(Event::Resync) => {}
+            other => {
+                assert_eq!(other, Some(created));
+                break;
+            }
+        }
+    }
+    assert_eq!(listening().await, 1, "one LISTEN connection for both");
+    drop((a, b));
+    let mut c = s.subscribe().await.expect("postgres reports changes");
+    s.delete_subnet("t1", "local", net("10.73.0.0/24"), 1)
+        .await
+        .expect("delete");
+    loop {
+        match c.recv().await {
+            Some(Event::Resync) => {}
+            other => {
+                assert!(matches!(other, Some(Event::Changed { version: 0, .. })));
+                break;
+            }
+        }
+    }
+}
