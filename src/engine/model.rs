@@ -4,14 +4,17 @@
 //! `ipam::builtin`), so the property tests reach the code production runs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::addrset::addr_bits;
-use super::{AddressRequest, Error, PoolId, PoolRequest, Subnet, Utilization};
+use super::{
+    AddressRequest, DefaultPool, Error, PoolId, PoolPlan, PoolRequest, Subnet, Utilization, id,
+    overlapping, plan_pool,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) enum Op {
@@ -322,5 +325,97 @@ pub(crate) fn run(subject: &mut dyn Subject, net: &str, sub_pools: &[&str], ops:
         assert_eq!(subnet.addrs().cursor(), model.cursor);
         let all = subnet.addrs().range(None);
         assert_eq!(subnet.addrs().count_in(all), model.used.len() as u128);
+    }
+}
+
+/// An address space as a driver composes one from the engine: its subnets by prefix, pool
+/// requests planned by [`plan_pool`] and carried out by the [`Subnet`] rules.
+pub(crate) struct Space {
+    name: String,
+    defaults: Vec<DefaultPool>,
+    pub(crate) subnets: BTreeMap<IpNet, Subnet>,
+}
+
+impl Space {
+    pub(crate) fn new(name: &str, defaults: Vec<DefaultPool>) -> Result<Self, Error> {
+        id::check_space_name(name)?;
+        Ok(Self {
+            name: name.to_owned(),
+            defaults,
+            subnets: BTreeMap::new(),
+        })
+    }
+
+    pub(crate) fn request_pool(&mut self, req: &PoolRequest) -> Result<PoolId, Error> {
+        match plan_pool(&self.name, &self.defaults, &self.subnets, req)? {
+            PoolPlan::NewSubnet(id) => {
+                self.subnets.insert(id.subnet(), Subnet::create(&id)?);
+                Ok(id)
+            }
+            PoolPlan::JoinSubnet(id) => {
+                self.subnet_mut(&id)?.add_pool(&id)?;
+                Ok(id)
+            }
+            PoolPlan::Overlaps {
+                requested,
+                existing,
+            } => Err(self.subnets[&existing].overlap(&requested)),
+        }
+    }
+
+    pub(crate) fn release_pool(&mut self, id: &PoolId) -> Result<(), Error> {
+        let subnet = self.subnet_mut(id)?;
+        subnet.remove_pool(id)?;
+        if subnet.is_deleted() {
+            self.subnets.remove(&id.subnet());
+        }
+        Ok(())
+    }
+
+    /// The subnet of pool `id`'s space and prefix; the subnet checks the pool itself.
+    pub(crate) fn subnet_mut(&mut self, id: &PoolId) -> Result<&mut Subnet, Error> {
+        self.subnets
+            .get_mut(&id.subnet())
+            .filter(|_| id.space() == self.name)
+            .ok_or_else(|| Error::PoolNotFound {
+                pool_id: id.to_string(),
+            })
+    }
+
+    pub(crate) fn subnet(&self, net: IpNet) -> Option<&Subnet> {
+        self.subnets.get(&net)
+    }
+
+    pub(crate) fn restore(&mut self, subnet: Subnet) -> Result<(), Error> {
+        if overlapping(&self.subnets, subnet.net()).is_some() {
+            return Err(Error::Corrupt {
+                reason: "overlaps a subnet of the space",
+            });
+        }
+        self.subnets.insert(subnet.net(), subnet);
+        Ok(())
+    }
+
+    pub(crate) fn request_address(
+        &mut self,
+        id: &PoolId,
+        req: &AddressRequest,
+    ) -> Result<IpAddr, Error> {
+        self.subnet_mut(id)?.allocate(id, req)
+    }
+
+    pub(crate) fn release_address(&mut self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
+        self.subnet_mut(id)?.release(id, address).map(|_| ())
+    }
+
+    pub(crate) fn utilization(&self, id: &PoolId) -> Result<Utilization, Error> {
+        let subnet = self
+            .subnet(id.subnet())
+            .filter(|s| id.space() == self.name && s.pools().any(|p| p == id.sub_pool()));
+        subnet
+            .map(|s| s.utilization(id.sub_pool()))
+            .ok_or_else(|| Error::PoolNotFound {
+                pool_id: id.to_string(),
+            })
     }
 }

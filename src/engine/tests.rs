@@ -1,11 +1,11 @@
 //! Narrative tests of the pool rules through their public interface: DESIGN.md's worked
 //! examples, edge prefixes, and the error of every rule.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::model::Space;
 use super::*;
 
 fn ip(s: &str) -> IpAddr {
@@ -14,94 +14,6 @@ fn ip(s: &str) -> IpAddr {
 
 fn net(s: &str) -> IpNet {
     s.parse().expect("valid prefix")
-}
-
-/// An address space as a driver composes one from the engine: its subnets by prefix, pool
-/// requests planned by [`plan_pool`] and carried out by the [`Subnet`] rules.
-struct Space {
-    name: String,
-    defaults: Vec<DefaultPool>,
-    subnets: BTreeMap<IpNet, Subnet>,
-}
-
-impl Space {
-    fn new(name: &str, defaults: Vec<DefaultPool>) -> Result<Self, Error> {
-        id::check_space_name(name)?;
-        Ok(Self {
-            name: name.to_owned(),
-            defaults,
-            subnets: BTreeMap::new(),
-        })
-    }
-
-    fn request_pool(&mut self, req: &PoolRequest) -> Result<PoolId, Error> {
-        match plan_pool(&self.name, &self.defaults, &self.subnets, req)? {
-            PoolPlan::NewSubnet(id) => {
-                self.subnets.insert(id.subnet(), Subnet::create(&id)?);
-                Ok(id)
-            }
-            PoolPlan::JoinSubnet(id) => {
-                self.subnet_mut(&id)?.add_pool(&id)?;
-                Ok(id)
-            }
-            PoolPlan::Overlaps {
-                requested,
-                existing,
-            } => Err(self.subnets[&existing].overlap(&requested)),
-        }
-    }
-
-    fn release_pool(&mut self, id: &PoolId) -> Result<(), Error> {
-        let subnet = self.subnet_mut(id)?;
-        subnet.remove_pool(id)?;
-        if subnet.is_deleted() {
-            self.subnets.remove(&id.subnet());
-        }
-        Ok(())
-    }
-
-    /// The subnet of pool `id`'s space and prefix; the subnet checks the pool itself.
-    fn subnet_mut(&mut self, id: &PoolId) -> Result<&mut Subnet, Error> {
-        self.subnets
-            .get_mut(&id.subnet())
-            .filter(|_| id.space() == self.name)
-            .ok_or_else(|| Error::PoolNotFound {
-                pool_id: id.to_string(),
-            })
-    }
-
-    fn subnet(&self, net: IpNet) -> Option<&Subnet> {
-        self.subnets.get(&net)
-    }
-
-    fn restore(&mut self, subnet: Subnet) -> Result<(), Error> {
-        if overlapping(&self.subnets, subnet.net()).is_some() {
-            return Err(Error::Corrupt {
-                reason: "overlaps a subnet of the space",
-            });
-        }
-        self.subnets.insert(subnet.net(), subnet);
-        Ok(())
-    }
-
-    fn request_address(&mut self, id: &PoolId, req: &AddressRequest) -> Result<IpAddr, Error> {
-        self.subnet_mut(id)?.allocate(id, req)
-    }
-
-    fn release_address(&mut self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.subnet_mut(id)?.release(id, address).map(|_| ())
-    }
-
-    fn utilization(&self, id: &PoolId) -> Result<Utilization, Error> {
-        let subnet = self
-            .subnet(id.subnet())
-            .filter(|s| id.space() == self.name && s.pools().any(|p| p == id.sub_pool()));
-        subnet
-            .map(|s| s.utilization(id.sub_pool()))
-            .ok_or_else(|| Error::PoolNotFound {
-                pool_id: id.to_string(),
-            })
-    }
 }
 
 fn local() -> Space {
