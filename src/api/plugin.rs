@@ -28,7 +28,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use super::conn::Incoming as Connections;
-use crate::engine::{self, AddressRequest, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
+use crate::engine::{self, AddressRequest, PoolRequest};
 use crate::ipam::protocol::{self as wire, CONTENT_TYPE};
 use crate::ipam::{self, Ipam};
 use crate::proto;
@@ -178,16 +178,12 @@ async fn request_address(
     Call(b): Call<wire::RequestAddress>,
 ) -> Result<Reply, Reply> {
     let id = proto::pool_id(&b.pool_id)?;
-    // Only the options allot reads itself are kept, as Docker's own driver does.
-    let mut known = std::collections::HashMap::new();
-    for (key, value) in b.options {
-        if key == SERIAL_OPTION || key == REQUEST_ADDRESS_TYPE {
-            known.insert(key, value);
-        } else {
-            tracing::debug!(key, "docker plugin: ignoring an address option");
-        }
+    let mut req = AddressRequest::parse(&id, &b.address, &b.options)?;
+    // Only the options allot reads itself count, as with Docker's own driver: the others
+    // (an endpoint's MAC address, say) are not passed on.
+    for key in std::mem::take(&mut req.options).keys() {
+        tracing::debug!(key, "docker plugin: ignoring an address option");
     }
-    let req = AddressRequest::parse(&id, &b.address, &known)?;
     let address = ipam.request_address(&id, &req).await?;
     if req.gateway {
         tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
@@ -307,6 +303,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let span = tracing::info_span!("DockerPlugin", path = %req.uri().path());
+                // An axum `Router` is always ready: it may be called without `poll_ready`.
                 routes.clone().call(req).instrument(span)
             });
             let conn = http1::Builder::new()

@@ -1,7 +1,7 @@
 //! Checked requests: what a `RequestPool` or `RequestAddress` asks for, parsed once from the
 //! strings and options Docker's API (and allot's, which follows it) carries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -161,10 +161,10 @@ impl AddressRequest {
     ///
     /// # Errors
     /// `InvalidAddress`, or `InvalidOption` for a bad value of a known option.
-    pub fn parse(
+    pub fn parse<'a>(
         pool: &PoolId,
         address: &str,
-        options: &HashMap<String, String>,
+        options: impl IntoIterator<Item = (&'a String, &'a String)>,
     ) -> Result<Self, Error> {
         let mut req = Self::default();
         if !address.is_empty() {

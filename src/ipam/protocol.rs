@@ -6,8 +6,6 @@
 //! unknown endpoint 404, each with `{"Err": "..."}`. Fields a side does not send default (an
 //! absent `Options` is empty, as is `null`), and fields a side does not know are ignored.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The content type of every request and answer.
@@ -22,9 +20,9 @@ pub const RELEASE_POOL: &str = "/IpamDriver.ReleasePool";
 pub const REQUEST_ADDRESS: &str = "/IpamDriver.RequestAddress";
 pub const RELEASE_ADDRESS: &str = "/IpamDriver.ReleaseAddress";
 
-/// Options, as both sides carry them (`null` reads as none).
-pub type Options = BTreeMap<String, String>;
+pub use crate::engine::Options;
 
+/// Reads options as both sides carry them: `null` (or absent) is none.
 fn options<'de, D: Deserializer<'de>>(d: D) -> Result<Options, D::Error> {
     Ok(Option::<Options>::deserialize(d)?.unwrap_or_default())
 }
