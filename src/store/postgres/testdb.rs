@@ -22,8 +22,10 @@ pub(crate) struct TestDb {
 }
 
 fn server() -> (String, PgConnectOptions) {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    // Set by .cargo/config.toml for plain `cargo test`, or by the environment (scripts/test.sh).
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!("DATABASE_URL is not set: point it at a PostgreSQL server, or run scripts/test.sh")
+    });
     let options = url.parse().unwrap_or_else(|e| {
         panic!("DATABASE_URL={url:?} is not a PostgreSQL URL ({e}): point it at a server")
     });
