@@ -354,6 +354,166 @@ pub async fn keeps_tenants_apart<S: Store>(store: &S) {
     assert!(store.load("t2").await.expect("load").is_empty());
 }
 
+fn token(tenant: &str, role: crate::auth::Role) -> super::TokenRecord {
+    let issued = crate::auth::issue().expect("random source");
+    super::TokenRecord {
+        id: issued.id,
+        tenant: tenant.to_owned(),
+        role,
+        hash: issued.hash,
+        description: format!("{role} token of {tenant}"),
+        created_at: 1_700_000_000,
+    }
+}
+
+/// Tenants, tokens and quotas: created, listed, refused where the tenant is missing, and gone
+/// with the tenant.
+pub async fn keeps_a_directory<S: Store>(store: &S) {
+    use super::{Quota, TenantDeletion};
+    use crate::auth::Role;
+    let names = |v: Vec<super::TenantRecord>| v.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    // A new store holds the default tenant, as a migrated database does.
+    assert_eq!(names(store.tenants().await.expect("list")), ["default"]);
+    assert!(
+        store
+            .create_tenant("acme", 1_700_000_000)
+            .await
+            .expect("create")
+    );
+    assert!(
+        !store.create_tenant("acme", 1).await.expect("again"),
+        "exists"
+    );
+    assert!(
+        store
+            .create_tenant("beta", 1_700_000_001)
+            .await
+            .expect("create")
+    );
+    assert_eq!(
+        names(store.tenants().await.expect("list")),
+        ["acme", "beta", "default"]
+    );
+    let acme = store.tenant("acme").await.expect("one").expect("exists");
+    assert_eq!(acme.created_at, 1_700_000_000, "not overwritten");
+    assert_eq!(store.tenant("gamma").await.expect("one"), None);
+
+    let (w, r, other) = (
+        token("acme", Role::Write),
+        token("acme", Role::Read),
+        token("beta", Role::Admin),
+    );
+    for t in [&w, &r, &other] {
+        assert!(store.create_token(t).await.expect("create token"));
+    }
+    assert!(
+        !store
+            .create_token(&token("gamma", Role::Read))
+            .await
+            .expect("no tenant")
+    );
+    assert_eq!(store.token(w.id).await.expect("find"), Some(w.clone()));
+    let mut acme_tokens = vec![w.clone(), r.clone()];
+    acme_tokens.sort_by_key(|t| t.id);
+    assert_eq!(store.tokens("acme").await.expect("list"), acme_tokens);
+    assert_eq!(
+        store.revoke_token(r.id).await.expect("revoke"),
+        Some("acme".to_owned())
+    );
+    assert_eq!(store.revoke_token(r.id).await.expect("again"), None);
+    assert_eq!(store.token(r.id).await.expect("find"), None);
+
+    assert_eq!(
+        store.quota("acme").await.expect("get"),
+        Some(Quota::default())
+    );
+    assert_eq!(store.quota("gamma").await.expect("get"), None);
+    let q = Quota {
+        max_pools: 3,
+        max_addresses: 1 << 40,
+        requests_per_second: 50,
+    };
+    assert!(store.set_quota("acme", &q).await.expect("set"));
+    assert!(store.set_quota("acme", &q).await.expect("set again"));
+    assert!(!store.set_quota("gamma", &q).await.expect("no tenant"));
+    assert_eq!(store.quota("acme").await.expect("get"), Some(q));
+
+    // A tenant holding pools (its own, or a remote pool's record) is deleted only by force,
+    // and takes its subnets, remote pools, tokens and quota along; nobody else's.
+    let s = busy_subnet("10.7.0.0/16", &["", "10.7.1.0/24"]);
+    store
+        .create_subnet("acme", "local", &s)
+        .await
+        .expect("create");
+    store
+        .create_subnet("acme+remote:x", "x", &s)
+        .await
+        .expect("create");
+    store
+        .put_remote_pool("acme+remote:x", "x/10.7.0.0/16", "r1")
+        .await
+        .expect("remote");
+    store
+        .create_subnet("acmex", "local", &s)
+        .await
+        .expect("a tenant named alike");
+    assert_eq!(
+        store.delete_tenant("acme", false).await.expect("refused"),
+        TenantDeletion::HoldsPools(4)
+    );
+    assert_eq!(
+        store.delete_tenant("gamma", true).await.expect("missing"),
+        TenantDeletion::Missing
+    );
+    assert_eq!(
+        store.delete_tenant("acme", true).await.expect("forced"),
+        TenantDeletion::Deleted
+    );
+    assert_eq!(
+        names(store.tenants().await.expect("list")),
+        ["beta", "default"]
+    );
+    assert!(store.load("acme").await.expect("load").is_empty());
+    assert!(store.load("acme+remote:x").await.expect("load").is_empty());
+    assert!(
+        store
+            .remote_pools("acme+remote:x")
+            .await
+            .expect("remote")
+            .is_empty()
+    );
+    assert_eq!(
+        store.load("acmex").await.expect("load").len(),
+        1,
+        "another tenant's"
+    );
+    assert_eq!(store.token(w.id).await.expect("find"), None);
+    assert_eq!(store.token(other.id).await.expect("find"), Some(other));
+    // Created again, the tenant starts empty, and its subnets continue their versions.
+    assert!(
+        store
+            .create_tenant("acme", 1_800_000_000)
+            .await
+            .expect("again")
+    );
+    assert_eq!(
+        store.quota("acme").await.expect("get"),
+        Some(Quota::default())
+    );
+    assert!(store.tokens("acme").await.expect("list").is_empty());
+    assert_eq!(
+        store
+            .create_subnet("acme", "local", &s)
+            .await
+            .expect("create"),
+        2
+    );
+    assert_eq!(
+        store.delete_tenant("beta", false).await.expect("empty"),
+        TenantDeletion::Deleted
+    );
+}
+
 /// Generates one test per check, each on a fresh store: `#[attribute] (arguments) => store`,
 /// the store built in the test from its arguments (temporaries in the expression, such as a
 /// fresh Postgres database, live until the check ends). Without a list of checks, every
@@ -369,6 +529,7 @@ macro_rules! conformance_tests {
             lists_versions,
             reports_one_version,
             records_remote_pools,
+            keeps_a_directory,
         );
     };
     (#[$attr:meta] $params:tt => $fresh:expr; $($check:ident),+ $(,)?) => {

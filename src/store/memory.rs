@@ -7,7 +7,9 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use super::directory::{Directory, Quota, TenantDeletion, TenantRecord, TokenRecord, belongs_to};
 use super::{Change, Error, Store, SubnetRecord, decode_subnet, pool_key};
+use crate::auth::TokenId;
 use crate::engine::Subnet;
 
 type Key = (String, String, String);
@@ -16,20 +18,51 @@ type Key = (String, String, String);
 type Row = (u64, Vec<u8>, Vec<String>);
 
 /// Subnets in a map, lost when the process exits.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
     rows: Mutex<BTreeMap<Key, Row>>,
     // The last version of each deleted subnet.
     retired: Mutex<BTreeMap<Key, u64>>,
     // (tenant, pool id) → remote pool id.
     remote: Mutex<BTreeMap<(String, String), String>>,
+    directory: Mutex<Tenants>,
+}
+
+/// The directory, as the SQL stores' three tables.
+#[derive(Debug, Default)]
+struct Tenants {
+    tenants: BTreeMap<String, u64>,
+    tokens: BTreeMap<TokenId, TokenRecord>,
+    quotas: BTreeMap<String, Quota>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStore {
-    /// Returns an empty store.
+    /// Returns a store holding only the tenant `default`, as a new database does.
     #[must_use]
     pub fn new() -> Self {
-        Self::default()
+        let mut directory = Tenants::default();
+        directory
+            .tenants
+            .insert(super::DEFAULT_TENANT.to_owned(), super::unix_now());
+        Self {
+            rows: Mutex::default(),
+            retired: Mutex::default(),
+            remote: Mutex::default(),
+            directory: Mutex::new(directory),
+        }
+    }
+
+    fn directory(&self) -> std::sync::MutexGuard<'_, Tenants> {
+        // Each change is a few inserts or removes that cannot panic half-way.
+        self.directory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn remote(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), String>> {
@@ -211,5 +244,116 @@ impl Store for MemoryStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[async_trait]
+impl Directory for MemoryStore {
+    async fn create_tenant(&self, name: &str, created_at: u64) -> Result<bool, Error> {
+        let mut dir = self.directory();
+        if dir.tenants.contains_key(name) {
+            return Ok(false);
+        }
+        dir.tenants.insert(name.to_owned(), created_at);
+        Ok(true)
+    }
+
+    async fn delete_tenant(&self, name: &str, force: bool) -> Result<TenantDeletion, Error> {
+        let mut dir = self.directory();
+        if !dir.tenants.contains_key(name) {
+            return Ok(TenantDeletion::Missing);
+        }
+        let mut rows = self.rows();
+        let pools: usize = rows
+            .iter()
+            .filter(|((t, _, _), _)| belongs_to(t, name))
+            .map(|(_, (_, _, pools))| pools.len())
+            .sum();
+        if pools > 0 && !force {
+            return Ok(TenantDeletion::HoldsPools(pools as u64));
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
+        rows.retain(|k, (version, _, _)| {
+            let keep = !belongs_to(&k.0, name);
+            if !keep {
+                retired.insert(k.clone(), *version);
+            }
+            keep
+        });
+        self.remote().retain(|(t, _), _| !belongs_to(t, name));
+        dir.tenants.remove(name);
+        dir.tokens.retain(|_, t| t.tenant != name);
+        dir.quotas.remove(name);
+        Ok(TenantDeletion::Deleted)
+    }
+
+    async fn tenants(&self) -> Result<Vec<TenantRecord>, Error> {
+        Ok(self
+            .directory()
+            .tenants
+            .iter()
+            .map(|(name, created_at)| TenantRecord {
+                name: name.clone(),
+                created_at: *created_at,
+            })
+            .collect())
+    }
+
+    async fn tenant(&self, name: &str) -> Result<Option<TenantRecord>, Error> {
+        Ok(self
+            .directory()
+            .tenants
+            .get(name)
+            .map(|created_at| TenantRecord {
+                name: name.to_owned(),
+                created_at: *created_at,
+            }))
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<bool, Error> {
+        let mut dir = self.directory();
+        if !dir.tenants.contains_key(&token.tenant) {
+            return Ok(false);
+        }
+        if dir.tokens.contains_key(&token.id) {
+            return Err(Error::Internal("token id already stored".into()));
+        }
+        dir.tokens.insert(token.id, token.clone());
+        Ok(true)
+    }
+
+    async fn revoke_token(&self, id: TokenId) -> Result<Option<String>, Error> {
+        Ok(self.directory().tokens.remove(&id).map(|t| t.tenant))
+    }
+
+    async fn tokens(&self, tenant: &str) -> Result<Vec<TokenRecord>, Error> {
+        Ok(self
+            .directory()
+            .tokens
+            .values()
+            .filter(|t| t.tenant == tenant)
+            .cloned()
+            .collect())
+    }
+
+    async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, Error> {
+        Ok(self.directory().tokens.get(&id).cloned())
+    }
+
+    async fn set_quota(&self, tenant: &str, quota: &Quota) -> Result<bool, Error> {
+        let mut dir = self.directory();
+        if !dir.tenants.contains_key(tenant) {
+            return Ok(false);
+        }
+        dir.quotas.insert(tenant.to_owned(), *quota);
+        Ok(true)
+    }
+
+    async fn quota(&self, tenant: &str) -> Result<Option<Quota>, Error> {
+        let dir = self.directory();
+        Ok(dir
+            .tenants
+            .contains_key(tenant)
+            .then(|| dir.quotas.get(tenant).copied().unwrap_or_default()))
     }
 }

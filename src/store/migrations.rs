@@ -23,12 +23,16 @@ macro_rules! files {
 
 /// The PostgreSQL schema.
 pub static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
-    migrator(files!("postgres": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql"))
+    migrator(files!(
+        "postgres": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql"
+    ))
 });
 
 /// The SQLite schema.
 pub static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
-    migrator(files!("sqlite": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql"))
+    migrator(files!(
+        "sqlite": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql"
+    ))
 });
 
 /// Reads migrations as sqlx names them: `<version>_<description>.sql`, the description with

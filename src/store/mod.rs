@@ -4,10 +4,12 @@
 //! Backends: [`MemoryStore`] (tests, `memory:`), [`SqliteStore`] (the embedded default),
 //! [`PgStore`] (production, shared by several replicas).
 
+pub mod directory;
 mod error;
 mod memory;
 mod migrations;
 mod postgres;
+mod sql_directory;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -15,13 +17,22 @@ use ipnet::IpNet;
 
 use crate::engine::{AddrSet, RunDelta, Subnet};
 
+pub use directory::{Directory, Quota, TenantDeletion, TenantRecord, TokenRecord};
 pub use error::{Cause, Error};
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
-/// The tenant every row belongs to until tenancy lands.
+/// The tenant a new database holds, which serves every caller when authentication is off.
 pub const DEFAULT_TENANT: &str = "default";
+
+/// The time now, in Unix seconds, as the directory records it.
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A subnet as stored: its address space, its state, and the version of that state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +96,16 @@ pub enum Event {
         subnet: IpNet,
         version: u64,
     },
+    /// A tenant's directory entries (tokens, quota, the tenant itself) changed.
+    Directory { tenant: String },
     /// Events may have been missed (the connection was lost): compare everything.
     Resync,
 }
 
-/// Durable storage of subnets. Every write either happens whole or not at all.
+/// Durable storage of subnets and of the directory of tenants. Every write either happens
+/// whole or not at all.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: Directory + Send + Sync + 'static {
     /// Loads every subnet of a tenant.
     async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error>;
 

@@ -194,6 +194,27 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Runs a directory operation (SQLite bounds each by its busy timeout).
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        op.await
+    }
+
+    /// Nothing to tell: no other process shares the file.
+    async fn announce(_tx: &mut Transaction<'_, Sqlite>, _tenant: &str) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+}
+
+fn dir_err(e: sqlx::Error) -> Error {
+    map_err(e, "", "")
+}
+
+super::sql_directory::sql_directory!(SqliteStore);
+
 /// Maps a driver error into the store's terms: busy or unreachable is `Unavailable`, a
 /// duplicate key a `Conflict`, anything else `Internal`.
 fn map_err(e: sqlx::Error, space: &str, subnet: &str) -> Error {

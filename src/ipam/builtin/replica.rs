@@ -39,7 +39,7 @@ impl Ctx {
                         tracing::warn!(space, %subnet, error = %e, "cannot load another replica's change");
                     }
                 }
-                Event::Changed { .. } => {}
+                Event::Changed { .. } | Event::Directory { .. } => {}
                 Event::Resync => self.resync().await,
             }
         }

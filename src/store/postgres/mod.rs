@@ -171,6 +171,32 @@ pub(super) async fn timed<T>(
     }
 }
 
+impl PgStore {
+    /// Runs a directory operation within the store's timeout.
+    async fn bounded<T>(&self, op: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        self.timed(op).await
+    }
+
+    /// Tells the other replicas, when `tx` commits, that `tenant`'s directory entries changed.
+    async fn announce(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tenant: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(notify::directory_notice(tenant))
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+}
+
+fn dir_err(e: sqlx::Error) -> Error {
+    map_err(e, "", "")
+}
+
+super::sql_directory::sql_directory!(PgStore);
+
 #[async_trait]
 impl Store for PgStore {
     async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {

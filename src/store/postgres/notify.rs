@@ -26,8 +26,18 @@ pub(super) fn notice(tenant: &str, space: &str, subnet: IpNet, version: u64) -> 
     .to_string()
 }
 
+/// What a `NOTIFY` on [`CHANNEL`] carries when a tenant's directory entries changed.
+pub(super) fn directory_notice(tenant: &str) -> String {
+    serde_json::json!({ "tenant": tenant, "directory": true }).to_string()
+}
+
 pub(super) fn parse_notice(payload: &str) -> Option<Event> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    if v.get("directory").is_some() {
+        return Some(Event::Directory {
+            tenant: v.get("tenant")?.as_str()?.to_owned(),
+        });
+    }
     Some(Event::Changed {
         tenant: v.get("tenant")?.as_str()?.to_owned(),
         space: v.get("space")?.as_str()?.to_owned(),

@@ -326,6 +326,42 @@ async fn subscribers_hear_every_change() {
     assert_eq!(events.recv().await, Some(changed(0)));
 }
 
+/// Directory changes are announced too, naming the tenant: what lets every replica drop a
+/// revoked token or an old quota at once.
+#[tokio::test]
+async fn subscribers_hear_directory_changes() {
+    use crate::store::{Directory, Quota};
+    let db = TestDb::fresh().await;
+    let s = store(db.pool.clone());
+    let mut events = s.subscribe().await.expect("postgres reports changes");
+    assert_eq!(events.recv().await, Some(Event::Resync));
+    let tenant = || Event::Directory {
+        tenant: "acme".into(),
+    };
+    assert!(s.create_tenant("acme", 1).await.expect("create"));
+    assert_eq!(events.recv().await, Some(tenant()));
+    let issued = crate::auth::issue().expect("random");
+    let token = crate::store::TokenRecord {
+        id: issued.id,
+        tenant: "acme".into(),
+        role: crate::auth::Role::Read,
+        hash: issued.hash,
+        description: String::new(),
+        created_at: 1,
+    };
+    assert!(s.create_token(&token).await.expect("token"));
+    assert_eq!(events.recv().await, Some(tenant()));
+    assert_eq!(
+        s.revoke_token(token.id).await.expect("revoke"),
+        Some("acme".into())
+    );
+    assert_eq!(events.recv().await, Some(tenant()));
+    assert!(s.set_quota("acme", &Quota::default()).await.expect("quota"));
+    assert_eq!(events.recv().await, Some(tenant()));
+    s.delete_tenant("acme", false).await.expect("delete");
+    assert_eq!(events.recv().await, Some(tenant()));
+}
+
 /// Every subscriber of one store hears every change through one `LISTEN` connection (a
 /// process with a driver per tenant, or per tracked space, holds one, not one each), and a
 /// subscriber that comes after the last one left starts it again.
