@@ -244,14 +244,15 @@ async fn main() {
     // serving the plugin protocol on a unix socket in this process), against the built-in
     // driver on the same memory store. One request in flight gives the per-request overhead.
     let socket = dir.join("plugin.sock");
-    let plugin_ipam = loadgen::driver(Arc::new(MemoryStore::new())).await;
+    let plugin_tenants = loadgen::tenants(Arc::new(MemoryStore::new())).await;
     let bound = allot::api::plugin::bind(&socket).unwrap();
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let gate = allot::api::conn::Gate::new(allot::api::conn::Limits::default());
     tokio::spawn(allot::api::plugin::serve(
         allot::api::conn::Incoming::new(bound.listener, gate, "docker plugin"),
         bound.path,
-        plugin_ipam,
+        plugin_tenants,
+        allot::store::DEFAULT_TENANT.to_owned(),
         stopping,
     ));
     let route = (
@@ -262,14 +263,15 @@ async fn main() {
             timeout: Duration::from_secs(10),
         },
     );
-    let front = startup::drivers(
-        Arc::new(MemoryStore::new()),
+    let front_store: Arc<dyn allot::store::Store> = Arc::new(MemoryStore::new());
+    let front = startup::tenants(
+        Arc::clone(&front_store),
         [(LOCAL_SPACE.to_owned(), Vec::new())].into(),
         &[route],
     )
     .await
     .unwrap();
-    let addr = loadgen::serve(front).await;
+    let addr = loadgen::serve(front, front_store).await;
     let mut cs = clients(addr).await;
     let remote_id = cs[0]
         .request_pool(pb::RequestPoolRequest {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use allot::engine::{AddressRequest, LOCAL_SPACE, PoolId, PoolRequest, Subnet};
 use allot::proto::pb;
 use allot::store::{PgStore, Store};
-use loadgen::{Client, clients, driver, load, row, serve};
+use loadgen::{Client, clients, driver, load, row, start_allot};
 use sqlx::{Connection, PgConnection};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -198,7 +198,7 @@ async fn main() {
     println!("| pgbench, 64 clients, UPDATE of a random row of 100k | {random:.0} tps | | |");
 
     let store = PgStore::connect(&url, TIMEOUT).await.unwrap();
-    let addr = serve(driver(Arc::new(store.clone())).await).await;
+    let addr = start_allot(Arc::new(store.clone())).await;
     let mut tag = 1;
     for n_pools in [1, 16] {
         for in_flight in [1, 16, 64] {
@@ -237,7 +237,7 @@ async fn main() {
     let mut replica_clients = Vec::new();
     for _ in 0..3 {
         let store = PgStore::connect(&url, TIMEOUT).await.unwrap();
-        let addr = serve(driver(Arc::new(store)).await).await;
+        let addr = start_allot(Arc::new(store)).await;
         replica_clients.extend(clients(addr, 1).await);
     }
     for n_pools in [1, 16] {

@@ -1,4 +1,5 @@
-//! Bearer tokens and roles (issue #10's groundwork; nothing serves them yet).
+//! Who may do what: bearer tokens and roles, tenant names, and the [`Authenticator`] that
+//! checks a call's credentials against the directory.
 //!
 //! A token reads `allot_<id>_<secret>`: a 64-bit id, which names the token in listings, logs
 //! and the audit trail, and a 256-bit secret, which exists only in the caller's hands. The
@@ -10,6 +11,36 @@ use std::fmt;
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
+
+mod authenticator;
+
+pub use authenticator::{Authenticator, Caller, Mode, Need, PeerCert, TENANT_HEADER};
+
+/// Longest tenant name, in bytes.
+pub const MAX_TENANT_LEN: usize = 63;
+
+/// Checks a tenant name: 1 to 63 lowercase letters, digits, `-`, `_` and `.`, starting with a
+/// letter or digit. (No `+`: the records of a tenant's remote pools are kept under
+/// `<tenant>+remote:<space>`, which no tenant can be named.)
+///
+/// # Errors
+/// Why the name is refused.
+pub fn check_tenant_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("empty name")
+    } else if name.len() > MAX_TENANT_LEN {
+        Err("longer than 63 bytes")
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        Err("must start with a lowercase letter or a digit")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        Err("only lowercase letters, digits, '-', '_' and '.' are allowed")
+    } else {
+        Ok(())
+    }
+}
 
 /// The prefix every token starts with, so that a leaked one is recognisable (secret scanners)
 /// and a string that is not one is refused before any lookup.
@@ -150,6 +181,14 @@ impl Presented {
             .zip(stored.0.iter())
             .fold(0u8, |diff, (a, b)| diff | (a ^ b))
             == 0
+    }
+}
+
+impl Presented {
+    /// The hash the store would keep of this secret.
+    #[must_use]
+    pub fn hash(&self) -> SecretHash {
+        hash(&self.secret)
     }
 }
 

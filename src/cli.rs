@@ -147,13 +147,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stderr,
     );
     let store = startup::open_store(&args.database).await?;
-    let ipam = startup::drivers(store, args.default_pools(), &args.address_spaces).await?;
+    let auth = startup::authenticator(&args, Arc::clone(&store)).await?;
+    let tenants = startup::tenants(store, args.default_pools(), &args.address_spaces).await?;
     let listener = startup::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     if args.database.database_url == "memory:" {
         tracing::warn!("database memory: nothing is persisted; every pool is lost on exit");
     }
-    tracing::warn!("authentication is disabled: every caller acts for the default tenant");
+    if auth.mode() == crate::auth::Mode::Open {
+        tracing::warn!(
+            "authentication is off (loopback only): every caller acts for the tenant default; \
+             give --admin-token-file to require tokens"
+        );
+    }
     let gate = Gate::new(Limits {
         max_connections: raise_fd_limit(usize::try_from(args.max_connections)?),
         handshake_timeout: args.handshake_timeout,
@@ -167,7 +173,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(crate::api::plugin::serve(
             Incoming::new(socket.listener, gate.clone(), "docker plugin"),
             socket.path,
-            Arc::clone(&ipam),
+            Arc::clone(&tenants),
+            args.security.docker_plugin_tenant.clone(),
             stopping.clone(),
         ));
     }
@@ -179,7 +186,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     };
     let incoming = Incoming::new(listener, gate, "grpc");
-    startup::serve(incoming, ipam, shutdown, args.shutdown_grace).await
+    startup::serve(incoming, tenants, auth, shutdown, args.shutdown_grace).await
 }
 
 async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {
@@ -220,31 +227,11 @@ pub fn one_line(e: &anyhow::Error) -> String {
 /// Turns a status into a one-line error.
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(failed)`
 fn failed(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}: {}", code_name(status.code()), status.message())
-}
-
-/// A status code as gRPC spells it (`NOT_FOUND`), as grpcurl and the docs show it.
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    anyhow::anyhow!(
+        "{}: {}",
+        crate::api::status::code_name(status.code()),
+        status.message()
+    )
 }
 
 /// Parses `KEY=VALUE`.

@@ -72,6 +72,42 @@ pub struct ServeArgs {
         value_parser = parse_default_pool
     )]
     pub default_address_pools: Vec<(String, DefaultPool)>,
+
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may call, and how they prove it.
+#[derive(Debug, Clone, Args)]
+pub struct SecurityArgs {
+    /// `token`: every call but health checks and reflection needs a token (`authorization:
+    /// Bearer …`); `none`: every caller acts for the tenant `default`, allowed on a loopback
+    /// address only. Default: `token` when --admin-token-file is given, else `none`.
+    #[arg(long, env = "ALLOT_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// A file holding the first admin token (`allot admin token create --output PATH` makes
+    /// one), readable by its owner only. Implies --auth token.
+    #[arg(long, env = "ALLOT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// Allow a non-loopback --listen without TLS: tokens then cross the network in clear.
+    #[arg(long, env = "ALLOT_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
+    /// The tenant the Docker plugin socket serves (the plugin protocol carries no credentials:
+    /// whoever can open the socket acts for this tenant).
+    #[arg(long, env = "ALLOT_DOCKER_PLUGIN_TENANT", default_value = crate::store::DEFAULT_TENANT)]
+    pub docker_plugin_tenant: String,
+}
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Tokens (or client certificates) required.
+    Token,
+    /// No authentication: loopback only.
+    None,
 }
 
 /// Where the data lives.

@@ -14,10 +14,11 @@ use tokio::sync::oneshot;
 use tonic::transport::Server;
 
 use crate::api::IpamApi;
-use crate::config::DatabaseArgs;
-use crate::config::DriverSpec;
+use crate::api::authn::AuthLayer;
+use crate::auth::{Authenticator, Mode, Role};
+use crate::config::{AuthMode, DatabaseArgs, DriverSpec, ServeArgs};
 use crate::engine::DefaultPool;
-use crate::ipam::{Builtin, Ipam, NULL_SPACE, Null, Remote, Router, Tracked};
+use crate::ipam::{Build, Builtin, Ipam, NULL_SPACE, Null, Remote, Router, Tenants, Tracked};
 use crate::proto::pb;
 use crate::proto::pb::ipam_service_server::IpamServiceServer;
 use crate::store::{DEFAULT_TENANT, MemoryStore, PgStore, SqliteStore, Store};
@@ -85,8 +86,8 @@ pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<String> {
     })
 }
 
-/// Loads the built-in driver over `store`, and routes Docker's `null` address space to the
-/// null driver, as Docker does.
+/// Loads the built-in driver of the default tenant over `store`, and routes Docker's `null`
+/// address space to the null driver, as Docker does.
 ///
 /// # Errors
 /// The store cannot be read, or holds corrupt data.
@@ -94,21 +95,64 @@ pub async fn driver(
     store: Arc<dyn Store>,
     defaults: BTreeMap<String, Vec<DefaultPool>>,
 ) -> anyhow::Result<Arc<dyn Ipam>> {
-    drivers(store, defaults, &[]).await
+    tenant_driver(store, &defaults, &[], DEFAULT_TENANT).await
 }
 
-/// Loads every driver: the built-in one over `store` for every address space not routed
-/// elsewhere, the null driver for Docker's `null` space (unless `routes` says otherwise), and
-/// the drivers `routes` names, each remote plugin wrapped in a tracking record of its own.
+/// Loads the drivers of every tenant (see [`tenant_driver`]), and builds those of tenants
+/// created later on first use.
+///
+/// # Errors
+/// The store cannot be read or holds corrupt data.
+pub async fn tenants(
+    store: Arc<dyn Store>,
+    defaults: BTreeMap<String, Vec<DefaultPool>>,
+    routes: &[(String, DriverSpec)],
+) -> anyhow::Result<Arc<Tenants>> {
+    let config = Arc::new((Arc::clone(&store), defaults, routes.to_vec()));
+    let build: Build = Arc::new(move |tenant: String| {
+        let config = Arc::clone(&config);
+        Box::pin(async move {
+            let (store, defaults, routes) = &*config;
+            tenant_driver(Arc::clone(store), defaults, routes, &tenant)
+                .await
+                .map_err(|e| driver_error(&e))
+        })
+    });
+    Tenants::load(store, build)
+        .await
+        .context("loading the tenants' subnets from the store")
+}
+
+/// The error of building a driver, in the driver's terms: a store failure stays one (so an
+/// unavailable store is reported as such), anything else is internal.
+fn driver_error(e: &anyhow::Error) -> crate::ipam::Error {
+    let chained = e.chain();
+    for cause in chained {
+        if let Some(e) = cause.downcast_ref::<crate::ipam::Error>() {
+            return e.clone();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::store::Error>() {
+            return e.clone().into();
+        }
+    }
+    crate::ipam::Error::Internal(format!("{e:#}"))
+}
+
+/// Loads one tenant's drivers: the built-in one over `store` for every address space not
+/// routed elsewhere, the null driver for Docker's `null` space (unless `routes` says
+/// otherwise), and the drivers `routes` names, each remote plugin wrapped in a tracking record
+/// of the tenant's own. The routes are the deployment's, the same for every tenant.
 ///
 /// # Errors
 /// The store cannot be read or holds corrupt data. (A remote plugin that cannot be reached
 /// yet is activated on first use.)
-pub async fn drivers(
+pub async fn tenant_driver(
     store: Arc<dyn Store>,
-    mut defaults: BTreeMap<String, Vec<DefaultPool>>,
+    defaults: &BTreeMap<String, Vec<DefaultPool>>,
     routes: &[(String, DriverSpec)],
+    tenant: &str,
 ) -> anyhow::Result<Arc<dyn Ipam>> {
+    let mut defaults = defaults.clone();
     let null: Arc<dyn Ipam> = Arc::new(Null::new());
     let mut spaces: BTreeMap<String, Arc<dyn Ipam>> =
         BTreeMap::from([(NULL_SPACE.to_owned(), Arc::clone(&null))]);
@@ -126,20 +170,21 @@ pub async fn drivers(
                 remote_space,
                 timeout,
             } => {
-                // The plugin's pool ids and the tracking record live under a tenant of their own.
-                let tenant = format!("{DEFAULT_TENANT}+remote:{space}");
+                // The plugin's pool ids and the tracking record live under a tenant of their
+                // own, which no tenant name can spell (`+`), and which goes with the tenant.
+                let record_tenant = format!("{tenant}+remote:{space}");
                 let remote = Remote::connect(
                     endpoint.clone(),
                     remote_space.clone(),
                     *timeout,
                     Arc::clone(&store),
-                    &tenant,
+                    &record_tenant,
                 )
                 .await
                 .with_context(|| format!("address space {space}: remote plugin {endpoint}"))?;
                 let record = Builtin::load(
                     Arc::clone(&store),
-                    &tenant,
+                    &record_tenant,
                     BTreeMap::from([(space.clone(), Vec::new())]),
                 )
                 .await
@@ -149,21 +194,87 @@ pub async fn drivers(
             }
         }
     }
-    let builtin = Builtin::load(store, DEFAULT_TENANT, defaults)
+    let builtin = Builtin::load(store, tenant, defaults)
         .await
-        .context("loading subnets from the store")?;
+        .with_context(|| format!("tenant {tenant}: loading subnets from the store"))?;
     Ok(Arc::new(Router::new(Arc::new(builtin), spaces)))
 }
 
-/// Serves the gRPC API for `ipam` on `listener` until `shutdown` resolves, then stops taking
-/// connections and finishes the requests in flight, for at most `grace`: a client that keeps
-/// an idle connection open does not hold the process up longer.
+/// Decides how callers are authenticated from `args`, and refuses what would expose the
+/// service: no authentication off loopback, plaintext tokens off loopback unless asked for.
+///
+/// # Errors
+/// Contradicting flags, a refused listen address, an admin token file that cannot be read,
+/// is open to others or holds no token, a malformed tenant name.
+pub async fn authenticator(
+    args: &ServeArgs,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<Arc<Authenticator>> {
+    let security = &args.security;
+    crate::auth::check_tenant_name(&security.docker_plugin_tenant)
+        .map_err(|reason| anyhow::anyhow!("--docker-plugin-tenant: {reason}"))?;
+    let mode = match (security.auth, &security.admin_token_file) {
+        (Some(AuthMode::None), Some(_)) => {
+            bail!("--auth none and --admin-token-file contradict each other: give one")
+        }
+        (Some(AuthMode::Token), _) | (None, Some(_)) => Mode::Tokens,
+        (Some(AuthMode::None) | None, None) => Mode::Open,
+    };
+    let ip = args.listen.ip();
+    if !ip.is_loopback() {
+        if mode == Mode::Open {
+            bail!(
+                "refusing to listen on {} without authentication: every caller could take                  and release any address. Give --admin-token-file (see `allot admin token                  create`), or listen on a loopback address",
+                args.listen
+            );
+        }
+        if !security.insecure_plaintext {
+            bail!(
+                "refusing to listen on {} in plaintext: tokens would cross the network in                  clear. Give --insecure-plaintext to accept that, or listen on a loopback                  address",
+                args.listen
+            );
+        }
+    }
+    let bootstrap = match &security.admin_token_file {
+        Some(path) => Some(read_secret_file(path).context("--admin-token-file")?),
+        None => None,
+    };
+    Authenticator::new(mode, store, bootstrap.as_deref(), Role::Write)
+        .await
+        .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))
+}
+
+/// Reads a file holding a secret, refusing one that others than its owner may read or write.
+///
+/// # Errors
+/// The file cannot be read, or is open to others.
+pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading {shown}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{shown} is open to group or others (mode {:o}): make it readable by its owner              only (chmod 600 {shown})",
+            mode & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
+    Ok(text.trim().to_owned())
+}
+
+/// Serves the gRPC API for every tenant of `tenants` on `listener` until `shutdown` resolves,
+/// then stops taking connections and finishes the requests in flight, for at most `grace`: a
+/// client that keeps an idle connection open does not hold the process up longer.
 ///
 /// # Errors
 /// The reflection service cannot be built, or the server fails.
 pub async fn serve(
     incoming: Incoming<TcpListener>,
-    ipam: Arc<dyn Ipam>,
+    tenants: Arc<Tenants>,
+    auth: Arc<Authenticator>,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> anyhow::Result<()> {
@@ -183,10 +294,11 @@ pub async fn serve(
         let _ = stopping.send(());
     };
     let server = Server::builder()
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IpamServiceServer::new(IpamApi::new(ipam)))
+        .add_service(IpamServiceServer::new(IpamApi::new(tenants)))
         .serve_with_incoming_shutdown(incoming, signal);
     let grace_over = async move {
         if stopped.await.is_ok() {

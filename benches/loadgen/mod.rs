@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allot::auth::{Authenticator, Mode, Role};
 use allot::engine::{DefaultPool, LOCAL_SPACE};
-use allot::ipam::Ipam;
+use allot::ipam::{Ipam, Tenants};
 use allot::proto::pb;
 use allot::proto::pb::ipam_service_client::IpamServiceClient;
 use allot::startup;
@@ -18,19 +19,30 @@ use tonic::transport::Channel;
 
 pub type Client = IpamServiceClient<Channel>;
 
-/// The built-in driver over `store`, with the local default pools.
+/// The default tenant's built-in driver over `store`, with the local default pools.
+#[allow(dead_code)] // not every benchmark binary uses it
 pub async fn driver(store: Arc<dyn Store>) -> Arc<dyn Ipam> {
     let defaults = [(LOCAL_SPACE.to_owned(), DefaultPool::local_defaults())].into();
     startup::driver(store, defaults).await.unwrap()
 }
 
-/// Serves `ipam` on a free loopback port.
-pub async fn serve(ipam: Arc<dyn Ipam>) -> SocketAddr {
+/// The built-in drivers of every tenant over `store`, with the local default pools.
+pub async fn tenants(store: Arc<dyn Store>) -> Arc<Tenants> {
+    let defaults = [(LOCAL_SPACE.to_owned(), DefaultPool::local_defaults())].into();
+    startup::tenants(store, defaults, &[]).await.unwrap()
+}
+
+/// Serves `tenants` on a free loopback port, without authentication.
+pub async fn serve(tenants: Arc<Tenants>, store: Arc<dyn Store>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let auth = Authenticator::new(Mode::Open, store, None, Role::Write)
+        .await
+        .unwrap();
     tokio::spawn(startup::serve(
         Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
-        ipam,
+        tenants,
+        auth,
         std::future::pending(),
         Duration::from_secs(1),
     ));
@@ -40,7 +52,7 @@ pub async fn serve(ipam: Arc<dyn Ipam>) -> SocketAddr {
 /// Starts allot over `store` on a free loopback port.
 #[allow(dead_code)] // not every benchmark binary uses it
 pub async fn start_allot(store: Arc<dyn Store>) -> SocketAddr {
-    serve(driver(store).await).await
+    serve(tenants(Arc::clone(&store)).await, store).await
 }
 
 /// `n` HTTP/2 connections to `addr`.

@@ -3,6 +3,8 @@
 //! library's layers, only this module and `proto` know tonic and prost (`startup` and `cli`,
 //! which build the server and the client, use tonic's transport too).
 
+mod audit;
+pub mod authn;
 pub mod codec;
 pub mod conn;
 pub mod plugin;
@@ -10,3 +12,20 @@ mod service;
 pub mod status;
 
 pub use service::IpamApi;
+
+use crate::auth::Caller;
+
+/// The caller of a call, as the authentication layer ([`authn`]) found it.
+///
+/// # Errors
+/// `INTERNAL` if the call did not pass the layer (a server built without it: a bug).
+pub(crate) fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| {
+            tracing::error!("a call reached a service without passing the authentication layer");
+            tonic::Status::internal("internal error (details are in the server log)")
+        })
+}

@@ -13,7 +13,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,7 +31,7 @@ use tracing::Instrument;
 use super::conn::Incoming as Connections;
 use crate::engine::{self, AddressRequest, PoolRequest};
 use crate::ipam::protocol::{self as wire, CONTENT_TYPE};
-use crate::ipam::{self, Ipam};
+use crate::ipam::{self, Ipam, Tenants};
 use crate::proto;
 
 /// The content type of every request and answer (the protocol's).
@@ -101,10 +102,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Call<T> {
     }
 }
 
-type Driver = State<Arc<dyn Ipam>>;
+/// The tenant the socket serves, and where its driver is found.
+#[derive(Clone)]
+struct Served {
+    tenants: Arc<Tenants>,
+    tenant: Arc<str>,
+}
 
-/// The protocol's endpoints on `ipam`.
-fn routes(ipam: Arc<dyn Ipam>) -> axum::Router {
+/// The served tenant's driver, found anew for each call (a tenant deleted meanwhile is
+/// refused as missing).
+struct Driver(Arc<dyn Ipam>);
+
+impl FromRequestParts<Served> for Driver {
+    type Rejection = Reply;
+
+    async fn from_request_parts(_: &mut Parts, served: &Served) -> Result<Self, Reply> {
+        Ok(Self(served.tenants.driver(&served.tenant).await?))
+    }
+}
+
+/// The protocol's endpoints for `served`.
+fn routes(served: Served) -> axum::Router {
     axum::Router::new()
         .route(wire::ACTIVATE, post(activate))
         .route(wire::GET_CAPABILITIES, post(capabilities))
@@ -122,7 +140,7 @@ fn routes(ipam: Arc<dyn Ipam>) -> axum::Router {
             let message = "the plugin protocol uses POST".to_owned();
             Reply::failed(StatusCode::METHOD_NOT_ALLOWED, message)
         })
-        .with_state(ipam)
+        .with_state(served)
 }
 
 async fn activate() -> Reply {
@@ -131,7 +149,7 @@ async fn activate() -> Reply {
     })
 }
 
-async fn capabilities(State(ipam): Driver) -> Reply {
+async fn capabilities(Driver(ipam): Driver) -> Reply {
     let caps = ipam.capabilities();
     Reply::ok(&wire::Capabilities {
         requires_mac_address: caps.requires_mac_address,
@@ -139,7 +157,7 @@ async fn capabilities(State(ipam): Driver) -> Reply {
     })
 }
 
-async fn address_spaces(State(ipam): Driver) -> Reply {
+async fn address_spaces(Driver(ipam): Driver) -> Reply {
     let (local, global) = ipam.default_address_spaces();
     Reply::ok(&wire::AddressSpaces {
         local_default_address_space: local,
@@ -148,7 +166,7 @@ async fn address_spaces(State(ipam): Driver) -> Reply {
 }
 
 async fn request_pool(
-    State(ipam): Driver,
+    Driver(ipam): Driver,
     Call(b): Call<wire::RequestPool>,
 ) -> Result<Reply, Reply> {
     for key in b.options.keys() {
@@ -165,7 +183,7 @@ async fn request_pool(
 }
 
 async fn release_pool(
-    State(ipam): Driver,
+    Driver(ipam): Driver,
     Call(b): Call<wire::ReleasePool>,
 ) -> Result<Reply, Reply> {
     let id = proto::pool_id(&b.pool_id)?;
@@ -174,7 +192,7 @@ async fn release_pool(
 }
 
 async fn request_address(
-    State(ipam): Driver,
+    Driver(ipam): Driver,
     Call(b): Call<wire::RequestAddress>,
 ) -> Result<Reply, Reply> {
     let id = proto::pool_id(&b.pool_id)?;
@@ -195,7 +213,7 @@ async fn request_address(
 }
 
 async fn release_address(
-    State(ipam): Driver,
+    Driver(ipam): Driver,
     Call(b): Call<wire::ReleaseAddress>,
 ) -> Result<Reply, Reply> {
     let id = proto::pool_id(&b.pool_id)?;
@@ -282,17 +300,21 @@ pub fn bind(path: &Path) -> std::io::Result<Socket> {
 }
 
 /// Serves the plugin protocol for `ipam` on the connections of `incoming` (whose socket is
-/// at `path`, removed at the end) until `stop` turns true; connections in flight finish
-/// their request.
+/// at `path`, removed at the end) for `tenant` until `stop` turns true; connections in flight
+/// finish their request.
 pub async fn serve(
     mut incoming: Connections<UnixListener>,
     path: SocketPath,
-    ipam: Arc<dyn Ipam>,
+    tenants: Arc<Tenants>,
+    tenant: String,
     mut stop: watch::Receiver<bool>,
 ) {
     let _socket = path;
     let header_timeout = incoming.limits().handshake_timeout;
-    let routes = routes(ipam);
+    let routes = routes(Served {
+        tenants,
+        tenant: Arc::from(tenant),
+    });
     loop {
         let stream = tokio::select! {
             conn = incoming.next() => conn,

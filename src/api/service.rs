@@ -1,26 +1,40 @@
-//! The `ipam.v1.IpamService` implementation: parse, call the driver, convert back. One span per
-//! RPC, named after it, with the pool id and address as fields.
+//! The `ipam.v1.IpamService` implementation: find the caller's tenant's driver, parse, call
+//! the driver, convert back. One span per RPC, named after it, with the pool id and address as
+//! fields, and one audit line per mutation.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tracing::{Span, field};
 
+use super::audit;
 use super::status::status;
+use crate::auth::Caller;
 use crate::engine;
-use crate::ipam::{self, Ipam};
+use crate::ipam::{self, Ipam, Tenants};
 use crate::proto::{self, pb};
 
-/// The gRPC service, over any IPAM driver.
+/// The gRPC service, over every tenant's driver.
 #[derive(Clone)]
 pub struct IpamApi {
-    ipam: Arc<dyn Ipam>,
+    tenants: Arc<Tenants>,
 }
 
 impl IpamApi {
-    /// Serves `ipam`.
-    pub fn new(ipam: Arc<dyn Ipam>) -> Self {
-        Self { ipam }
+    /// Serves the tenants of `tenants`.
+    pub fn new(tenants: Arc<Tenants>) -> Self {
+        Self { tenants }
+    }
+
+    /// The caller (as the authentication layer found it) and its tenant's driver.
+    async fn driver<T>(&self, request: &Request<T>) -> Result<(Caller, Arc<dyn Ipam>), Status> {
+        let caller = super::caller(request)?;
+        let ipam = self
+            .tenants
+            .driver(&caller.tenant)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok((caller, ipam))
     }
 }
 
@@ -33,9 +47,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     #[tracing::instrument(name = "GetDefaultAddressSpaces", skip_all)]
     async fn get_default_address_spaces(
         &self,
-        _request: Request<pb::GetDefaultAddressSpacesRequest>,
+        request: Request<pb::GetDefaultAddressSpacesRequest>,
     ) -> Result<Response<pb::GetDefaultAddressSpacesResponse>, Status> {
-        let (local, global) = self.ipam.default_address_spaces();
+        let (_, ipam) = self.driver(&request).await?;
+        let (local, global) = ipam.default_address_spaces();
         Ok(Response::new(pb::GetDefaultAddressSpacesResponse {
             local_default_address_space: local,
             global_default_address_space: global,
@@ -45,9 +60,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     #[tracing::instrument(name = "GetCapabilities", skip_all)]
     async fn get_capabilities(
         &self,
-        _request: Request<pb::GetCapabilitiesRequest>,
+        request: Request<pb::GetCapabilitiesRequest>,
     ) -> Result<Response<pb::GetCapabilitiesResponse>, Status> {
-        let caps = self.ipam.capabilities();
+        let (_, ipam) = self.driver(&request).await?;
+        let caps = ipam.capabilities();
         Ok(Response::new(pb::GetCapabilitiesResponse {
             requires_mac_address: caps.requires_mac_address,
             requires_request_replay: caps.requires_request_replay,
@@ -64,13 +80,22 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::RequestPoolRequest>,
     ) -> Result<Response<pb::RequestPoolResponse>, Status> {
-        let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
-        let id = self
-            .ipam
-            .request_pool(&space, &req)
-            .await
-            .map_err(|e| status(&e))?;
-        Span::current().record("pool_id", field::display(&id));
+        let (caller, ipam) = self.driver(&request).await?;
+        let result = async {
+            let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
+            let id = ipam
+                .request_pool(&space, &req)
+                .await
+                .map_err(|e| status(&e))?;
+            Span::current().record("pool_id", field::display(&id));
+            Ok(id)
+        }
+        .await;
+        let pool = result
+            .as_ref()
+            .map_or_else(|_| String::new(), ToString::to_string);
+        audit::record(&caller, "RequestPool", &pool, "", &result);
+        let id = result?;
         Ok(Response::new(pb::RequestPoolResponse {
             pool_id: id.to_string(),
             pool: id.subnet().to_string(),
@@ -83,8 +108,15 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::ReleasePoolRequest>,
     ) -> Result<Response<pb::ReleasePoolResponse>, Status> {
-        let id = proto::pool_id(&request.get_ref().pool_id).map_err(invalid)?;
-        self.ipam.release_pool(&id).await.map_err(|e| status(&e))?;
+        let (caller, ipam) = self.driver(&request).await?;
+        let r = request.get_ref();
+        let result = async {
+            let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+            ipam.release_pool(&id).await.map_err(|e| status(&e))
+        }
+        .await;
+        audit::record(&caller, "ReleasePool", &r.pool_id, "", &result);
+        result?;
         Ok(Response::new(pb::ReleasePoolResponse {}))
     }
 
@@ -93,9 +125,10 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
+        let (_, ipam) = self.driver(&request).await?;
         let space = &request.get_ref().address_space;
         let space = (!space.is_empty()).then_some(space.as_str());
-        let ids = self.ipam.list_pools(space).await.map_err(|e| status(&e))?;
+        let ids = ipam.list_pools(space).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::ListPoolsResponse {
             pools: ids.iter().map(proto::pool).collect(),
         }))
@@ -110,15 +143,25 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::RequestAddressRequest>,
     ) -> Result<Response<pb::RequestAddressResponse>, Status> {
+        let (caller, ipam) = self.driver(&request).await?;
         let r = request.get_ref();
-        let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-        let req = engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
-        let address = self
-            .ipam
-            .request_address(&id, &req)
-            .await
-            .map_err(|e| status(&e))?;
-        Span::current().record("address", field::display(&address));
+        let result = async {
+            let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+            let req =
+                engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
+            let address = ipam
+                .request_address(&id, &req)
+                .await
+                .map_err(|e| status(&e))?;
+            Span::current().record("address", field::display(&address));
+            Ok(address)
+        }
+        .await;
+        let address = result
+            .as_ref()
+            .map_or_else(|_| r.address.clone(), ToString::to_string);
+        audit::record(&caller, "RequestAddress", &r.pool_id, &address, &result);
+        let address = result?;
         Ok(Response::new(pb::RequestAddressResponse {
             address: address.to_string(),
             data: Default::default(),
@@ -134,13 +177,18 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::ReleaseAddressRequest>,
     ) -> Result<Response<pb::ReleaseAddressResponse>, Status> {
+        let (caller, ipam) = self.driver(&request).await?;
         let r = request.get_ref();
-        let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-        let address = engine::request::parse_address(&id, &r.address).map_err(invalid)?;
-        self.ipam
-            .release_address(&id, address)
-            .await
-            .map_err(|e| status(&e))?;
+        let result = async {
+            let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+            let address = engine::request::parse_address(&id, &r.address).map_err(invalid)?;
+            ipam.release_address(&id, address)
+                .await
+                .map_err(|e| status(&e))
+        }
+        .await;
+        audit::record(&caller, "ReleaseAddress", &r.pool_id, &r.address, &result);
+        result?;
         Ok(Response::new(pb::ReleaseAddressResponse {}))
     }
 
@@ -149,6 +197,7 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         &self,
         request: Request<pb::GetIpamStateRequest>,
     ) -> Result<Response<pb::GetIpamStateResponse>, Status> {
+        let (_, ipam) = self.driver(&request).await?;
         let ids = request
             .get_ref()
             .pool_ids
@@ -156,7 +205,7 @@ impl pb::ipam_service_server::IpamService for IpamApi {
             .map(|s| proto::pool_id(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        let states = self.ipam.utilization(&ids).await.map_err(|e| status(&e))?;
+        let states = ipam.utilization(&ids).await.map_err(|e| status(&e))?;
         Ok(Response::new(pb::GetIpamStateResponse {
             pools: states.iter().map(proto::pool_state).collect(),
         }))

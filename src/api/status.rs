@@ -17,6 +17,31 @@ pub fn code(kind: Kind) -> Code {
     Code::from_i32(kind.rpc_code().0)
 }
 
+/// A status code as gRPC spells it (`NOT_FOUND`), as grpcurl and the docs show it.
+#[must_use]
+pub const fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,6 +57,8 @@ mod tests {
             (Kind::Aborted, Code::Aborted),
             (Kind::Unavailable, Code::Unavailable),
             (Kind::Internal, Code::Internal),
+            (Kind::Unauthenticated, Code::Unauthenticated),
+            (Kind::PermissionDenied, Code::PermissionDenied),
         ];
         for (kind, want) in kinds {
             assert_eq!(code(kind), want, "{kind:?}");

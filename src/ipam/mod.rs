@@ -12,6 +12,7 @@ mod null;
 pub mod protocol;
 pub mod remote;
 mod router;
+mod tenants;
 mod tracked;
 
 use std::net::IpAddr;
@@ -26,6 +27,7 @@ pub use builtin::Builtin;
 pub use null::{NULL_SPACE, Null};
 pub use remote::{Endpoint, Remote};
 pub use router::Router;
+pub use tenants::{Build, Tenants};
 pub use tracked::Tracked;
 
 /// Options for a driver, beyond what allot reads itself (Docker's `Options` maps).
@@ -169,6 +171,18 @@ pub enum Error {
         kind: Kind,
         message: String,
     },
+    /// The directory has no such tenant.
+    #[error("tenant {0:?} not found")]
+    TenantNotFound(String),
+    /// A malformed request outside the engine's terms (a tenant name, a quota).
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller did not prove who it is (no token, a malformed or unknown one).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A bug: an invariant did not hold.
     #[error("internal error: {0}")]
     Internal(String),
@@ -187,6 +201,8 @@ pub enum Kind {
     /// Storage is down: retrying later may succeed.
     Unavailable,
     Internal,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl Error {
@@ -208,6 +224,10 @@ impl Error {
                 store::Error::Corrupt { .. } | store::Error::Internal(_) => Kind::Internal,
             },
             Self::Driver { kind, .. } => *kind,
+            Self::TenantNotFound(_) => Kind::NotFound,
+            Self::Invalid(_) => Kind::Invalid,
+            Self::Unauthenticated(_) => Kind::Unauthenticated,
+            Self::PermissionDenied(_) => Kind::PermissionDenied,
             Self::Internal(_) => Kind::Internal,
         }
     }
@@ -256,6 +276,8 @@ impl Kind {
             Self::Aborted => (10, "ABORTED"),
             Self::Internal => (13, "INTERNAL"),
             Self::Unavailable => (14, "UNAVAILABLE"),
+            Self::Unauthenticated => (16, "UNAUTHENTICATED"),
+            Self::PermissionDenied => (7, "PERMISSION_DENIED"),
         }
     }
 

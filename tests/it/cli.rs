@@ -188,3 +188,50 @@ async fn bad_flags_and_urls_are_one_line_errors() {
         "database sqlite://allot.db is up to date\n"
     );
 }
+
+/// Starts that would expose the service are refused, each saying why and what to do.
+#[tokio::test]
+async fn insecure_starts_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("insecure");
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let token = allot::auth::issue().unwrap().token;
+    let good = write("admin-token", &format!("{token}\n"), 0o600);
+    let open = write("open-token", &token, 0o644);
+    let garbage = write("garbage-token", "hunter2", 0o600);
+    let cases: [(&[&str], &str); 6] = [
+        (&["--listen", "0.0.0.0:0"], "without authentication"),
+        (
+            &["--listen", "0.0.0.0:0", "--admin-token-file", &good],
+            "in plaintext",
+        ),
+        (&["--admin-token-file", &open], "chmod 600"),
+        (
+            &["--auth", "none", "--admin-token-file", &good],
+            "contradict",
+        ),
+        (&["--admin-token-file", &garbage], "not an allot token"),
+        (
+            &["--docker-plugin-tenant", "Bad!"],
+            "--docker-plugin-tenant",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["serve", "--database-url", "memory:"])
+            .args(args)
+            .current_dir(&dir.0)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(!err.contains(&token), "{args:?} printed the token: {err}");
+    }
+}

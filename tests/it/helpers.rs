@@ -56,9 +56,17 @@ fn default_pools() -> std::collections::BTreeMap<String, Vec<allot::engine::Defa
 
 /// Starts a server over `store`.
 pub async fn spawn_app(store: Arc<dyn Store>) -> App {
-    let ipam = startup::driver(store, default_pools())
+    let auth = allot::auth::Authenticator::new(
+        allot::auth::Mode::Open,
+        Arc::clone(&store),
+        None,
+        allot::auth::Role::Write,
+    )
+    .await
+    .expect("authenticator");
+    let tenants = startup::tenants(store, default_pools(), &[])
         .await
-        .expect("driver");
+        .expect("drivers");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = oneshot::channel::<()>();
@@ -67,7 +75,8 @@ pub async fn spawn_app(store: Arc<dyn Store>) -> App {
     };
     let task = tokio::spawn(startup::serve(
         Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
-        ipam,
+        tenants,
+        auth,
         shutdown,
         Duration::from_secs(5),
     ));

@@ -1,0 +1,217 @@
+//! One driver per tenant: each tenant's pools are served by a driver of its own (a [`Router`]
+//! over a built-in driver loaded with that tenant's subnets, and whatever the deployment routes
+//! elsewhere), so no code path can mix two tenants' pools. The API finds the caller's tenant's
+//! driver here, by name.
+//!
+//! Drivers are built at startup for every tenant in the directory, and on first use for a
+//! tenant created later (here or by another replica). A tenant deleted — here, or by another
+//! replica, as the store announces — is forgotten: its driver is dropped with its cache.
+//!
+//! [`Router`]: super::Router
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+
+use super::{Error, Ipam};
+use crate::store::{Event, Store};
+
+/// What builds a tenant's driver.
+pub type Build = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<Arc<dyn Ipam>, Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
+type Slot = Arc<OnceCell<Arc<dyn Ipam>>>;
+
+/// The drivers of every tenant.
+pub struct Tenants {
+    store: Arc<dyn Store>,
+    build: Build,
+    // A slot per tenant asked for; filled once its driver is built. Removed when the tenant
+    // is deleted, or when building its driver failed (the next call tries again).
+    drivers: Mutex<HashMap<String, Slot>>,
+    // The task forgetting tenants other replicas delete, if the store reports them.
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Tenants {
+    /// Builds the drivers of every tenant in the directory with `build`, and starts following
+    /// the store's announcements to forget deleted tenants.
+    ///
+    /// # Errors
+    /// The store cannot be read, or a tenant's driver cannot be built.
+    pub async fn load(store: Arc<dyn Store>, build: Build) -> Result<Arc<Self>, Error> {
+        let events = store.subscribe().await;
+        let tenants = Arc::new(Self {
+            store,
+            build,
+            drivers: Mutex::default(),
+            watcher: Mutex::default(),
+        });
+        for tenant in tenants.store.tenants().await? {
+            tenants.driver(&tenant.name).await?;
+        }
+        if let Some(events) = events {
+            let task = tokio::spawn(watch(Arc::downgrade(&tenants), events));
+            *tenants
+                .watcher
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        }
+        Ok(tenants)
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // Each change is one insert or remove: a poisoned map is still consistent.
+        self.drivers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns `tenant`'s driver, building it if this is the first call for it.
+    ///
+    /// # Errors
+    /// `TenantNotFound` when the directory has no such tenant; a store error.
+    pub async fn driver(&self, tenant: &str) -> Result<Arc<dyn Ipam>, Error> {
+        let slot = {
+            let mut slots = self.slots();
+            if let Some(driver) = slots.get(tenant).and_then(|s| s.get()) {
+                return Ok(Arc::clone(driver));
+            }
+            Arc::clone(slots.entry(tenant.to_owned()).or_default())
+        };
+        let built = slot
+            .get_or_try_init(|| async {
+                if self.store.tenant(tenant).await?.is_none() {
+                    return Err(Error::TenantNotFound(tenant.to_owned()));
+                }
+                (self.build)(tenant.to_owned()).await
+            })
+            .await;
+        match built {
+            Ok(driver) => Ok(Arc::clone(driver)),
+            Err(e) => {
+                // Not kept: a tenant created later, or a store back up, is tried again.
+                self.slots()
+                    .retain(|name, s| name != tenant || !Arc::ptr_eq(s, &slot));
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `tenant`'s driver, after the tenant was deleted.
+    pub fn forget(&self, tenant: &str) {
+        self.slots().remove(tenant);
+    }
+
+    /// Drops the drivers of tenants the directory no longer has, after events may have been
+    /// missed or when one was deleted elsewhere.
+    async fn prune(&self, only: Option<&str>) -> Result<(), Error> {
+        let loaded: Vec<String> = match only {
+            Some(tenant) => vec![tenant.to_owned()],
+            None => self.slots().keys().cloned().collect(),
+        };
+        for tenant in loaded {
+            if self.store.tenant(&tenant).await?.is_none() {
+                tracing::info!(tenant, "tenant deleted: its driver is dropped");
+                self.forget(&tenant);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tenants {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Forgets the tenants other replicas delete, as the store announces them.
+async fn watch(tenants: Weak<Tenants>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = events.recv().await {
+        let Some(tenants) = tenants.upgrade() else {
+            return;
+        };
+        let only = match &event {
+            Event::Directory { tenant } => Some(tenant.as_str()),
+            Event::Resync => None,
+            Event::Changed { .. } => continue,
+        };
+        if let Err(e) = tenants.prune(only).await {
+            // The next announcement or resync tries again.
+            tracing::warn!(error = %e, "cannot read the directory of tenants");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::engine::{AddressRequest, PoolRequest};
+    use crate::ipam::{Builtin, Kind};
+    use crate::store::{MemoryStore, TenantDeletion};
+
+    fn builtin(store: Arc<dyn Store>) -> Build {
+        Arc::new(move |tenant: String| {
+            let store = Arc::clone(&store);
+            Box::pin(async move {
+                let driver: Arc<dyn Ipam> =
+                    Arc::new(Builtin::load(store, &tenant, BTreeMap::new()).await?);
+                Ok(driver)
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn tenants_have_drivers_of_their_own() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        store.create_tenant("acme", 1).await.unwrap();
+        let tenants = Tenants::load(Arc::clone(&store), builtin(Arc::clone(&store)))
+            .await
+            .unwrap();
+        let missing = tenants.driver("beta").await.err().map(|e| e.kind());
+        assert_eq!(missing, Some(Kind::NotFound));
+        // Created after the start: found on first use.
+        store.create_tenant("beta", 2).await.unwrap();
+        let req = PoolRequest::parse("10.0.0.0/24", "", false).unwrap();
+        let mut addresses = Vec::new();
+        for tenant in ["acme", "beta"] {
+            let driver = tenants.driver(tenant).await.unwrap();
+            let id = driver.request_pool("local", &req).await.unwrap();
+            let address = driver
+                .request_address(&id, &AddressRequest::default())
+                .await
+                .unwrap();
+            addresses.push((id, address));
+        }
+        // The same subnet and the same first address, independently.
+        assert_eq!(addresses[0], addresses[1]);
+        let acme = tenants.driver("acme").await.unwrap();
+        assert_eq!(acme.list_pools(None).await.unwrap().len(), 1);
+        // Deleted: forgotten, and refused as missing.
+        assert_eq!(
+            store.delete_tenant("acme", true).await.unwrap(),
+            TenantDeletion::Deleted
+        );
+        tenants.forget("acme");
+        let gone = tenants.driver("acme").await.err().map(|e| e.kind());
+        assert_eq!(gone, Some(Kind::NotFound));
+        let beta = tenants.driver("beta").await.unwrap();
+        assert_eq!(beta.list_pools(None).await.unwrap().len(), 1);
+    }
+}
