@@ -1,10 +1,16 @@
-//! Compiles `proto/ipam/v1/ipam.proto` with protox (pure Rust: no system protoc) and writes the
+//! Compiles `proto/ipam/v1/ipam.proto` and `proto/ipam/admin/v1/admin.proto` with protox (pure Rust: no system protoc) and writes the
 //! encoded descriptor set that server reflection serves (comments included, for `describe`).
 
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let fds = protox::compile(["proto/ipam/v1/ipam.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "proto/ipam/v1/ipam.proto",
+            "proto/ipam/admin/v1/admin.proto",
+        ],
+        ["proto"],
+    )?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("ipam_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()

@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 mod authenticator;
 
-pub use authenticator::{Authenticator, Caller, Mode, Need, PeerCert, TENANT_HEADER};
+pub use authenticator::{
+    Authenticator, Caller, Mode, Need, PeerCert, RETRY_AFTER_HEADER, RetryAfter, TENANT_HEADER,
+};
 
 /// Longest tenant name, in bytes.
 pub const MAX_TENANT_LEN: usize = 63;

@@ -8,8 +8,15 @@ use crate::ipam::{PoolState, Source};
 pub mod pb {
     tonic::include_proto!("ipam.v1");
 
-    /// The encoded descriptors of `ipam.v1`, with comments, for server reflection.
+    /// The encoded descriptors of `ipam.v1` and `ipam.admin.v1`, with comments, for server
+    /// reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ipam_descriptor");
+}
+
+/// Code generated from `proto/ipam/admin/v1/admin.proto`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod admin_pb {
+    tonic::include_proto!("ipam.admin.v1");
 }
 
 /// Checks a `RequestPool`: its address space, and the pool request proper with the options

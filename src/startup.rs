@@ -13,12 +13,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Server;
 
-use crate::api::IpamApi;
 use crate::api::authn::AuthLayer;
+use crate::api::{AdminApi, IpamApi};
 use crate::auth::{Authenticator, Mode, Role};
 use crate::config::{AuthMode, DatabaseArgs, DriverSpec, ServeArgs};
 use crate::engine::DefaultPool;
 use crate::ipam::{Build, Builtin, Ipam, NULL_SPACE, Null, Remote, Router, Tenants, Tracked};
+use crate::proto::admin_pb::admin_service_server::AdminServiceServer;
 use crate::proto::pb;
 use crate::proto::pb::ipam_service_server::IpamServiceServer;
 use crate::store::{DEFAULT_TENANT, MemoryStore, PgStore, SqliteStore, Store};
@@ -288,17 +289,23 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IpamServiceServer<IpamApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
     let (stopping, stopped) = oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = stopping.send(());
     };
     let server = Server::builder()
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IpamServiceServer::new(IpamApi::new(tenants)))
+        .add_service(AdminServiceServer::new(AdminApi::new(
+            Arc::clone(tenants.store()),
+            Arc::clone(&tenants),
+            Arc::clone(&auth),
+        )))
+        .add_service(IpamServiceServer::new(IpamApi::new(tenants, auth)))
         .serve_with_incoming_shutdown(incoming, signal);
     let grace_over = async move {
         if stopped.await.is_ok() {

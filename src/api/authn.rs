@@ -12,7 +12,7 @@ use tonic::codegen::{BoxFuture, http};
 use tower_service::Service;
 
 use super::status::status;
-use crate::auth::{Authenticator, PeerCert, TENANT_HEADER};
+use crate::auth::{Authenticator, PeerCert, RETRY_AFTER_HEADER, RetryAfter, TENANT_HEADER};
 
 /// The layer; see the module's documentation.
 #[derive(Clone)]
@@ -79,10 +79,21 @@ where
                 .await
             };
             match found {
-                Ok(Some(caller)) => {
-                    req.extensions_mut().insert(caller);
-                    inner.call(req).await
-                }
+                Ok(Some(caller)) => match auth.admit(&caller.tenant).await {
+                    Ok(()) => {
+                        req.extensions_mut().insert(caller);
+                        inner.call(req).await
+                    }
+                    Err((e, retry)) => {
+                        let mut refusal = status(&e);
+                        if let Some(RetryAfter(wait)) = retry
+                            && let Ok(value) = wait.as_millis().max(1).to_string().parse()
+                        {
+                            refusal.metadata_mut().insert(RETRY_AFTER_HEADER, value);
+                        }
+                        Ok(refusal.into_http())
+                    }
+                },
                 Ok(None) => inner.call(req).await,
                 Err(e) => {
                     let refusal = status(&e);

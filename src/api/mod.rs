@@ -3,6 +3,7 @@
 //! library's layers, only this module and `proto` know tonic and prost (`startup` and `cli`,
 //! which build the server and the client, use tonic's transport too).
 
+mod admin;
 mod audit;
 pub mod authn;
 pub mod codec;
@@ -11,6 +12,7 @@ pub mod plugin;
 mod service;
 pub mod status;
 
+pub use admin::AdminApi;
 pub use service::IpamApi;
 
 use crate::auth::Caller;

@@ -5,15 +5,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
 use super::{Presented, Role, SecretHash, TokenId};
 use crate::ipam::Error;
-use crate::store::{DEFAULT_TENANT, Event, Store, TokenRecord};
+use crate::store::{DEFAULT_TENANT, Event, Quota, Store, TokenRecord};
 
 /// The metadata key naming the tenant an admin acts for.
 pub const TENANT_HEADER: &str = "x-allot-tenant";
+
+/// The metadata key of a refusal for going over a tenant's rate: milliseconds to wait.
+pub const RETRY_AFTER_HEADER: &str = "x-allot-retry-after-ms";
 
 /// Unknown token ids remembered (so that a flood of made-up tokens does not reach the
 /// store each time); the memory is cleared when it fills.
@@ -98,7 +102,23 @@ pub struct Authenticator {
 struct Cache {
     known: HashMap<TokenId, TokenRecord>,
     unknown: std::collections::HashSet<TokenId>,
+    // Each tenant's quota, as last read.
+    quotas: HashMap<String, Quota>,
+    // Each rate-limited tenant's bucket (kept across invalidations: a quota change keeps
+    // what was spent).
+    buckets: HashMap<String, Bucket>,
 }
+
+/// A token bucket: `rate` calls per second, bursts of as many.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A call refused for going over its tenant's rate: when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAfter(pub Duration);
 
 impl Authenticator {
     /// Returns an authenticator in `mode` over the directory of `store`, taking `bootstrap`
@@ -157,10 +177,72 @@ impl Authenticator {
         let mut cache = self.cache();
         cache.known.retain(|_, t| t.tenant != tenant);
         cache.unknown.clear();
+        cache.quotas.remove(tenant);
     }
 
     fn invalidate_all(&self) {
-        *self.cache() = Cache::default();
+        let mut cache = self.cache();
+        let buckets = std::mem::take(&mut cache.buckets);
+        *cache = Cache {
+            buckets,
+            ..Cache::default()
+        };
+    }
+
+    /// Returns `tenant`'s quota (all zeros, none, for a tenant without one or not found), from
+    /// the cache or the store.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn quota(&self, tenant: &str) -> Result<Quota, Error> {
+        if let Some(q) = self.cache().quotas.get(tenant) {
+            return Ok(*q);
+        }
+        let quota = self.store.quota(tenant).await?.unwrap_or_default();
+        self.cache().quotas.insert(tenant.to_owned(), quota);
+        Ok(quota)
+    }
+
+    /// Counts one call of `tenant` against its rate (`requests_per_second`, on this replica).
+    ///
+    /// # Errors
+    /// `Exhausted` with when to retry, past the rate; a store error reading the quota.
+    pub async fn admit(&self, tenant: &str) -> Result<(), (Error, Option<RetryAfter>)> {
+        let rate = self
+            .quota(tenant)
+            .await
+            .map_err(|e| (e, None))?
+            .requests_per_second;
+        if rate == 0 {
+            return Ok(());
+        }
+        #[allow(clippy::cast_precision_loss)] // rates are far below 2^52
+        let rate = rate as f64;
+        let now = Instant::now();
+        let mut cache = self.cache();
+        let bucket = cache.buckets.entry(tenant.to_owned()).or_insert(Bucket {
+            tokens: rate,
+            last: now,
+        });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(rate);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        Err((
+            Error::Refused {
+                kind: crate::ipam::Kind::Exhausted,
+                message: format!(
+                    "tenant {tenant:?} is over its rate of {rate} requests per second: retry in \
+                     {} ms",
+                    wait.as_millis().max(1)
+                ),
+            },
+            Some(RetryAfter(wait)),
+        ))
     }
 
     /// Finds a token by id: from the cache, or the store.

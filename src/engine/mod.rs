@@ -25,7 +25,7 @@ pub use request::{
     AddressRequest, GATEWAY_ADDRESS_TYPE, Options, PoolRequest, REQUEST_ADDRESS_TYPE,
     SERIAL_OPTION, SubnetSpec,
 };
-pub use subnet::{Subnet, Utilization, saturating_u64};
+pub use subnet::{Subnet, Utilization, reserved_addresses, saturating_u64};
 
 #[cfg(test)]
 pub(crate) mod model;

@@ -174,6 +174,9 @@ pub enum Error {
     /// The directory has no such tenant.
     #[error("tenant {0:?} not found")]
     TenantNotFound(String),
+    /// A refusal of the directory's (a tenant that exists, a token not found), in its words.
+    #[error("{message}")]
+    Refused { kind: Kind, message: String },
     /// A malformed request outside the engine's terms (a tenant name, a quota).
     #[error("{0}")]
     Invalid(String),
@@ -223,7 +226,7 @@ impl Error {
                 store::Error::Unavailable(_) => Kind::Unavailable,
                 store::Error::Corrupt { .. } | store::Error::Internal(_) => Kind::Internal,
             },
-            Self::Driver { kind, .. } => *kind,
+            Self::Driver { kind, .. } | Self::Refused { kind, .. } => *kind,
             Self::TenantNotFound(_) => Kind::NotFound,
             Self::Invalid(_) => Kind::Invalid,
             Self::Unauthenticated(_) => Kind::Unauthenticated,
@@ -286,6 +289,39 @@ impl Kind {
     pub const fn name(self) -> &'static str {
         self.rpc_code().1
     }
+}
+
+/// What a tenant holds: its pools, and the addresses allocated in them (the addresses a subnet
+/// reserves itself not counted; a subnet shared by several pools counted once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub pools: u64,
+    pub addresses: u64,
+}
+
+/// Counts what `ipam` holds, from its pools' utilization (a pool whose driver cannot tell is
+/// counted without addresses).
+///
+/// # Errors
+/// The driver cannot list its pools.
+pub async fn usage(ipam: &dyn Ipam) -> Result<Usage, Error> {
+    let ids = ipam.list_pools(None).await?;
+    let states = ipam.utilization(&ids).await?;
+    let mut subnets = std::collections::BTreeMap::new();
+    for state in &states {
+        if let Ok(u) = &state.utilization {
+            let net = state.id.subnet();
+            let reserved = engine::reserved_addresses(net).len() as u128;
+            subnets.insert(
+                (state.id.space().to_owned(), net),
+                u.allocated_in_subnet.saturating_sub(reserved),
+            );
+        }
+    }
+    Ok(Usage {
+        pools: ids.len() as u64,
+        addresses: engine::saturating_u64(subnets.values().sum()),
+    })
 }
 
 /// An error and its sources, as one line.

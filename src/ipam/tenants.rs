@@ -67,6 +67,12 @@ impl Tenants {
         Ok(tenants)
     }
 
+    /// The store the tenants' drivers and the directory live in.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // Each change is one insert or remove: a poisoned map is still consistent.
         self.drivers.lock().unwrap_or_else(PoisonError::into_inner)

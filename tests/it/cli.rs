@@ -235,3 +235,165 @@ async fn insecure_starts_are_refused() {
         assert!(!err.contains(&token), "{args:?} printed the token: {err}");
     }
 }
+
+/// The hosted flow through the real binaries: the first admin token from `allot admin token
+/// create`, tenants and tokens made with the CLI, each tenant's calls with its own token, and
+/// an audit line per mutation that names the token's id and never its secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_runs_tenants_with_the_cli() {
+    let dir = TempDir::new("hosted");
+    let admin_file = dir.0.join("admin-token");
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["admin", "token", "create", "--output"])
+        .arg(&admin_file)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["admin", "token", "create", "--output"])
+        .arg(&admin_file)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "an existing token file is not overwritten"
+    );
+    let admin_file = admin_file.display().to_string();
+    let server = Server::start_with(&dir.db_url(), &dir.0, &["--admin-token-file", &admin_file]);
+    let addr = server.addr.to_string();
+    let run = |args: Vec<String>| {
+        let addr = addr.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+                .arg("--server")
+                .arg(&addr)
+                .args(&args)
+                .env_remove("ALLOT_TOKEN")
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let as_admin = |args: &[&str]| {
+        let mut v = vec!["--token-file".to_owned(), admin_file.clone()];
+        v.extend(args.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let (ok, out, err) = run(as_admin(&["tenant", "create", "acme"])).await;
+    assert!(ok && out == "created tenant acme\n", "{out}{err}");
+    let (ok, out, err) = run(as_admin(&["tenant", "list"])).await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("TENANT "), "{out}");
+    assert!(
+        out.contains("\nacme ") && out.contains("\ndefault "),
+        "{out}"
+    );
+    let (ok, token, err) = run(as_admin(&[
+        "token",
+        "create",
+        "acme",
+        "--role",
+        "write",
+        "--description",
+        "ci",
+    ]))
+    .await;
+    assert!(ok, "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("allot_"), "{token}");
+    assert!(err.contains("the only time it is shown"), "{err}");
+    let id = token["allot_".len()..]
+        .split('_')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // The tenant's own calls, with its token; none without one.
+    let with = |args: &[&str]| {
+        let mut v = vec!["--token".to_owned(), token.clone()];
+        v.extend(args.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let (ok, out, err) = run(with(&["pool", "request", "--pool", "10.9.0.0/24"])).await;
+    assert!(ok && out == "local/10.9.0.0/24\n", "{out}{err}");
+    let (ok, out, err) = run(with(&["address", "request", "local/10.9.0.0/24"])).await;
+    assert!(ok && out == "10.9.0.1/24\n", "{out}{err}");
+    let (ok, _, err) = run(vec!["state".into()]).await;
+    assert!(
+        !ok && err.contains("UNAUTHENTICATED: missing credentials"),
+        "{err}"
+    );
+    // The admin sees the tenant's pools by naming it, and its own (default) tenant has none.
+    let (ok, out, err) = run(as_admin(&["--tenant", "acme", "pool", "list"])).await;
+    assert!(ok && out == "local/10.9.0.0/24\n", "{out}{err}");
+    let (ok, out, _) = run(as_admin(&["pool", "list"])).await;
+    assert!(ok && out.is_empty());
+
+    // Quotas: set, shown with what is in use, enforced with the figures named.
+    let (ok, _, err) = run(as_admin(&["quota", "set", "acme", "--max-addresses", "2"])).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(as_admin(&["quota", "get", "acme"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\naddresses            2     1\n"), "{out}");
+    let (ok, _, err) = run(with(&["address", "request", "local/10.9.0.0/24"])).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(with(&["address", "request", "local/10.9.0.0/24"])).await;
+    assert!(
+        !ok && err.contains("RESOURCE_EXHAUSTED")
+            && err.contains("quota of 2 addresses (2 in use)"),
+        "{err}"
+    );
+
+    // Listing shows the token without its secret; revoked, it is refused.
+    let (ok, out, err) = run(as_admin(&["token", "list", "acme"])).await;
+    assert!(
+        ok && out.contains(&id) && out.contains("write") && out.contains("ci"),
+        "{out}{err}"
+    );
+    assert!(!out.contains(&token));
+    let (ok, _, err) = run(as_admin(&["token", "revoke", &id])).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(with(&["pool", "list"])).await;
+    assert!(!ok && err.contains("UNAUTHENTICATED"), "{err}");
+    let (ok, _, err) = run(as_admin(&["tenant", "delete", "acme"])).await;
+    assert!(
+        !ok && err.contains("FAILED_PRECONDITION") && err.contains("force"),
+        "{err}"
+    );
+    let (ok, _, err) = run(as_admin(&["tenant", "delete", "acme", "--force"])).await;
+    assert!(ok, "{err}");
+
+    // The audit trail: the token's id on its mutations, never a secret.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let audit = server.audit();
+    let secret = std::fs::read_to_string(&admin_file).unwrap();
+    assert!(
+        audit
+            .iter()
+            .all(|l| !l.contains(&token) && !l.contains(secret.trim()))
+    );
+    let mine: Vec<&String> = audit
+        .iter()
+        .filter(|l| l.contains(&format!("token:{id}")))
+        .collect();
+    assert!(
+        mine.iter().any(|l| l.contains("\"rpc\":\"RequestPool\"")
+            && l.contains("local/10.9.0.0/24")
+            && l.contains("\"code\":\"OK\"")),
+        "{mine:#?}"
+    );
+    assert!(
+        mine.iter().any(|l| l.contains("\"rpc\":\"RequestAddress\"")
+            && l.contains("\"code\":\"RESOURCE_EXHAUSTED\"")),
+        "{mine:#?}"
+    );
+    assert!(
+        audit.iter().any(|l| l.contains("\"rpc\":\"DeleteTenant\"")),
+        "{audit:#?}"
+    );
+}

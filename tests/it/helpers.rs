@@ -54,16 +54,26 @@ fn default_pools() -> std::collections::BTreeMap<String, Vec<allot::engine::Defa
     Args::parse_from(["allot"]).serve.default_pools()
 }
 
-/// Starts a server over `store`.
+/// Starts a server over `store`, without authentication (everyone is the tenant default).
 pub async fn spawn_app(store: Arc<dyn Store>) -> App {
-    let auth = allot::auth::Authenticator::new(
-        allot::auth::Mode::Open,
-        Arc::clone(&store),
-        None,
-        allot::auth::Role::Write,
-    )
-    .await
-    .expect("authenticator");
+    spawn_app_with(store, allot::auth::Mode::Open, None).await
+}
+
+/// Starts a server over `store` that requires tokens, with `admin` as its bootstrap admin
+/// token.
+pub async fn spawn_secure(store: Arc<dyn Store>, admin: &str) -> App {
+    spawn_app_with(store, allot::auth::Mode::Tokens, Some(admin)).await
+}
+
+async fn spawn_app_with(
+    store: Arc<dyn Store>,
+    mode: allot::auth::Mode,
+    admin: Option<&str>,
+) -> App {
+    let auth =
+        allot::auth::Authenticator::new(mode, Arc::clone(&store), admin, allot::auth::Role::Write)
+            .await
+            .expect("authenticator");
     let tenants = startup::tenants(store, default_pools(), &[])
         .await
         .expect("drivers");
@@ -412,6 +422,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Lines logged since it listened.
     pub log_lines: Arc<AtomicU32>,
+    // The audit lines (target `allot::audit`) logged since it listened.
+    audit: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -459,19 +471,30 @@ impl Server {
                     .expect("socket addr");
             }
         };
-        // Keep draining the log so the server never blocks on a full pipe, counting it.
+        // Keep draining the log so the server never blocks on a full pipe, counting it and
+        // keeping the audit trail.
         let log_lines = Arc::new(AtomicU32::new(0));
-        let counted = Arc::clone(&log_lines);
+        let audit = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counted, kept) = (Arc::clone(&log_lines), Arc::clone(&audit));
         std::thread::spawn(move || {
-            for _ in lines {
+            for line in lines.map_while(Result::ok) {
                 counted.fetch_add(1, Ordering::Relaxed);
+                if line.contains("allot::audit") {
+                    kept.lock().unwrap().push(line);
+                }
             }
         });
         Self {
             child,
             addr,
             log_lines,
+            audit,
         }
+    }
+
+    /// The audit lines logged so far.
+    pub fn audit(&self) -> Vec<String> {
+        self.audit.lock().unwrap().clone()
     }
 
     pub async fn client(&self) -> Client {

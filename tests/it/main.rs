@@ -17,3 +17,4 @@ mod plugin;
 mod remote;
 mod replicas;
 mod semantics;
+mod tenancy;

@@ -1,5 +1,5 @@
 //! The `allot` command: the server (`serve`, `migrate`) and a gRPC client for operators
-//! (`pool`, `address`, `state`).
+//! (`pool`, `address`, `state`; `tenant`, `token`, `quota` for admins).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,13 +9,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
-use tonic::transport::Channel;
+
+mod admin;
+mod client;
+
+pub use client::Target;
 
 use crate::api::conn::{Gate, Incoming, Limits, raise_fd_limit};
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::engine::{GATEWAY_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
 use crate::proto::pb;
-use crate::proto::pb::ipam_service_client::IpamServiceClient;
 use crate::{startup, telemetry};
 
 /// allot: IP address management. `allot serve` runs the service; the other commands talk to
@@ -23,10 +26,8 @@ use crate::{startup, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "allot", version, about)]
 pub struct Cli {
-    /// The server the client commands talk to (given before the command: `allot --server
-    /// HOST:PORT state`).
-    #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:50051")]
-    pub server: String,
+    #[command(flatten)]
+    pub target: Target,
 
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +53,18 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Create, delete or list tenants (admin token).
+    #[command(subcommand)]
+    Tenant(admin::TenantCommand),
+    /// Create, revoke or list a tenant's tokens (admin token).
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Set or show a tenant's quota (admin token).
+    #[command(subcommand)]
+    Quota(admin::QuotaCommand),
+    /// Make the first admin token, for `allot serve --admin-token-file` (no server needed).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,9 +147,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", startup::migrate(&args).await?);
             Ok(())
         }
-        Command::Pool(cmd) => pool(&cli.server, cmd).await,
-        Command::Address(cmd) => address(&cli.server, cmd).await,
-        Command::State { pool_ids, output } => state(&cli.server, pool_ids, output).await,
+        Command::Pool(cmd) => pool(&cli.target, cmd).await,
+        Command::Address(cmd) => address(&cli.target, cmd).await,
+        Command::State { pool_ids, output } => state(&cli.target, pool_ids, output).await,
+        Command::Tenant(cmd) => admin::tenant(&cli.target, cmd).await,
+        Command::Token(cmd) => admin::token(&cli.target, cmd).await,
+        Command::Quota(cmd) => admin::quota(&cli.target, cmd).await,
+        Command::Admin(cmd) => admin::local(cmd),
     }
 }
 
@@ -189,21 +206,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     startup::serve(incoming, tenants, auth, shutdown, args.shutdown_grace).await
 }
 
-async fn client(server: &str) -> anyhow::Result<IpamServiceClient<Channel>> {
-    let url = if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
-    };
-    if !url.starts_with("http://") {
-        // tonic without TLS would talk plaintext to an https:// address.
-        anyhow::bail!("server {url}: only http:// is supported (no TLS in this build)");
-    }
-    IpamServiceClient::connect(url.clone())
-        .await
-        .with_context(|| format!("connecting to {url}"))
-}
-
 /// An error and its causes on one line, each said once: transport errors repeat their
 /// cause's words ("tcp connect error: tcp connect error: …").
 #[must_use]
@@ -226,7 +228,7 @@ pub fn one_line(e: &anyhow::Error) -> String {
 
 /// Turns a status into a one-line error.
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(failed)`
-fn failed(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn failed(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(
         "{}: {}",
         crate::api::status::code_name(status.code()),
@@ -242,8 +244,8 @@ fn parse_option(input: &str) -> Result<(String, String), String> {
     }
 }
 
-async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
-    let mut c = client(server).await?;
+async fn pool(target: &Target, cmd: PoolCommand) -> anyhow::Result<()> {
+    let mut c = target.ipam().await?;
     match cmd {
         PoolCommand::Request {
             space,
@@ -291,8 +293,8 @@ async fn pool(server: &str, cmd: PoolCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn address(server: &str, cmd: AddressCommand) -> anyhow::Result<()> {
-    let mut c = client(server).await?;
+async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
+    let mut c = target.ipam().await?;
     match cmd {
         AddressCommand::Request {
             pool_id,
@@ -334,8 +336,8 @@ async fn address(server: &str, cmd: AddressCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn state(server: &str, pool_ids: Vec<String>, output: Output) -> anyhow::Result<()> {
-    let mut c = client(server).await?;
+async fn state(target: &Target, pool_ids: Vec<String>, output: Output) -> anyhow::Result<()> {
+    let mut c = target.ipam().await?;
     let r = c
         .get_ipam_state(pb::GetIpamStateRequest { pool_ids })
         .await

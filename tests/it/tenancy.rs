@@ -1,0 +1,625 @@
+//! Tenants are isolated and callers authenticated: every RPC of both services, called as every
+//! kind of caller, on every store, answers exactly the code it should.
+
+use std::sync::Arc;
+
+use allot::proto::admin_pb as apb;
+use allot::proto::admin_pb::admin_service_client::AdminServiceClient;
+use allot::proto::pb;
+use allot::store::Store;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::helpers::*;
+
+/// The kinds of caller, with respect to the tenant `acme` whose pools are called on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    OwnerWrite,
+    OwnerRead,
+    OtherTenant,
+    AdminForTenant,
+    NoToken,
+    MalformedHeader,
+    UnknownToken,
+    RevokedToken,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::OwnerWrite,
+    Who::OwnerRead,
+    Who::OtherTenant,
+    Who::AdminForTenant,
+    Who::NoToken,
+    Who::MalformedHeader,
+    Who::UnknownToken,
+    Who::RevokedToken,
+];
+
+const IPAM_RPCS: [&str; 8] = [
+    "GetDefaultAddressSpaces",
+    "GetCapabilities",
+    "RequestPool",
+    "ReleasePool",
+    "ListPools",
+    "RequestAddress",
+    "ReleaseAddress",
+    "GetIpamState",
+];
+
+const ADMIN_RPCS: [&str; 8] = [
+    "CreateTenant",
+    "DeleteTenant",
+    "ListTenants",
+    "CreateToken",
+    "RevokeToken",
+    "ListTokens",
+    "SetQuota",
+    "GetQuota",
+];
+
+/// The code each caller must get from each RPC.
+fn expected(rpc: &str, who: Who) -> Code {
+    let admin_rpc = ADMIN_RPCS.contains(&rpc);
+    match who {
+        Who::NoToken | Who::MalformedHeader | Who::UnknownToken | Who::RevokedToken => {
+            Code::Unauthenticated
+        }
+        Who::AdminForTenant => Code::Ok,
+        _ if admin_rpc => Code::PermissionDenied,
+        Who::OwnerRead => match rpc {
+            "GetDefaultAddressSpaces" | "GetCapabilities" | "ListPools" | "GetIpamState" => {
+                Code::Ok
+            }
+            _ => Code::PermissionDenied,
+        },
+        Who::OwnerWrite => Code::Ok,
+        // Another tenant's pools are missing pools to it; its own calls succeed.
+        Who::OtherTenant => match rpc {
+            "ReleasePool" | "RequestAddress" | "ReleaseAddress" | "GetIpamState" => Code::NotFound,
+            _ => Code::Ok,
+        },
+    }
+}
+
+/// The credentials of every caller.
+struct World {
+    channel: Channel,
+    admin: String,
+    tokens: std::collections::HashMap<&'static str, String>,
+    unknown: String,
+}
+
+impl World {
+    async fn new(store: Arc<dyn Store>) -> (App, Self) {
+        let admin = allot::auth::issue().unwrap().token;
+        let app = spawn_secure(store, &admin).await;
+        let channel = Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut world = Self {
+            channel,
+            admin,
+            tokens: std::collections::HashMap::new(),
+            unknown: allot::auth::issue().unwrap().token,
+        };
+        for tenant in ["acme", "beta", "empty"] {
+            world
+                .admin_client()
+                .create_tenant(world.as_admin(apb::CreateTenantRequest {
+                    name: tenant.into(),
+                }))
+                .await
+                .unwrap();
+        }
+        for (name, tenant, role) in [
+            ("write", "acme", "write"),
+            ("read", "acme", "read"),
+            ("other", "beta", "write"),
+            ("revoked", "acme", "write"),
+        ] {
+            let token = world.create_token(tenant, role).await;
+            world.tokens.insert(name, token);
+        }
+        // Used once (so this replica has it cached), then revoked.
+        let revoked = world.tokens["revoked"].clone();
+        world
+            .ipam_client()
+            .list_pools(bearer(pb::ListPoolsRequest::default(), &revoked, None))
+            .await
+            .unwrap();
+        world
+            .admin_client()
+            .revoke_token(world.as_admin(apb::RevokeTokenRequest {
+                token_id: token_id(&revoked),
+            }))
+            .await
+            .unwrap();
+        (app, world)
+    }
+
+    fn admin_client(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel.clone())
+    }
+
+    fn ipam_client(&self) -> pb::ipam_service_client::IpamServiceClient<Channel> {
+        pb::ipam_service_client::IpamServiceClient::new(self.channel.clone())
+    }
+
+    async fn create_token(&self, tenant: &str, role: &str) -> String {
+        self.admin_client()
+            .create_token(self.as_admin(apb::CreateTokenRequest {
+                tenant: tenant.into(),
+                role: role.into(),
+                description: format!("{role} of {tenant}"),
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+    }
+
+    fn as_admin<T>(&self, msg: T) -> tonic::Request<T> {
+        bearer(msg, &self.admin, None)
+    }
+
+    /// `msg` as `who` sends it.
+    fn as_who<T>(&self, msg: T, who: Who) -> tonic::Request<T> {
+        match who {
+            Who::OwnerWrite => bearer(msg, &self.tokens["write"], None),
+            Who::OwnerRead => bearer(msg, &self.tokens["read"], None),
+            Who::OtherTenant => bearer(msg, &self.tokens["other"], None),
+            Who::AdminForTenant => bearer(msg, &self.admin, Some("acme")),
+            Who::NoToken => tonic::Request::new(msg),
+            Who::MalformedHeader => bearer(msg, "not-a-token", None),
+            Who::UnknownToken => bearer(msg, &self.unknown, None),
+            Who::RevokedToken => bearer(msg, &self.tokens["revoked"], None),
+        }
+    }
+}
+
+/// The id of a token: the 16 hex digits after `allot_`.
+fn token_id(token: &str) -> String {
+    token["allot_".len()..]
+        .split('_')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// `msg` with `authorization: Bearer <token>` and, if given, `x-allot-tenant`.
+fn bearer<T>(msg: T, token: &str, tenant: Option<&str>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    if let Some(t) = tenant {
+        r.metadata_mut()
+            .insert("x-allot-tenant", t.parse().unwrap());
+    }
+    r
+}
+
+fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
+    r.map_or_else(|s| s.code(), |_| Code::Ok)
+}
+
+/// Calls `rpc` as `who`; `i` makes the arguments the caller's own (its pool, its tenant).
+async fn call(w: &World, rpc: &str, who: Who, i: usize) -> Code {
+    let pool = format!("local/10.100.{i}.0/24");
+    let address = format!("10.100.{i}.5");
+    let mut ipam = w.ipam_client();
+    let mut admin = w.admin_client();
+    let r = |m| w.as_who(m, who);
+    match rpc {
+        "GetDefaultAddressSpaces" => code(
+            ipam.get_default_address_spaces(r(pb::GetDefaultAddressSpacesRequest {}))
+                .await,
+        ),
+        "GetCapabilities" => code(
+            ipam.get_capabilities(w.as_who(pb::GetCapabilitiesRequest {}, who))
+                .await,
+        ),
+        "RequestPool" => code(
+            ipam.request_pool(w.as_who(
+                pb::RequestPoolRequest {
+                    address_space: "local".into(),
+                    pool: format!("10.200.{i}.0/24"),
+                    ..Default::default()
+                },
+                who,
+            ))
+            .await,
+        ),
+        "ReleasePool" => code(
+            ipam.release_pool(w.as_who(
+                pb::ReleasePoolRequest {
+                    pool_id: format!("local/10.150.{i}.0/24"),
+                },
+                who,
+            ))
+            .await,
+        ),
+        "ListPools" => code(
+            ipam.list_pools(w.as_who(pb::ListPoolsRequest::default(), who))
+                .await,
+        ),
+        "RequestAddress" => code(
+            ipam.request_address(w.as_who(
+                pb::RequestAddressRequest {
+                    pool_id: pool,
+                    ..Default::default()
+                },
+                who,
+            ))
+            .await,
+        ),
+        "ReleaseAddress" => code(
+            ipam.release_address(w.as_who(
+                pb::ReleaseAddressRequest {
+                    pool_id: pool,
+                    address,
+                },
+                who,
+            ))
+            .await,
+        ),
+        "GetIpamState" => code(
+            ipam.get_ipam_state(w.as_who(
+                pb::GetIpamStateRequest {
+                    pool_ids: vec![pool],
+                },
+                who,
+            ))
+            .await,
+        ),
+        "CreateTenant" => code(
+            admin
+                .create_tenant(w.as_who(
+                    apb::CreateTenantRequest {
+                        name: format!("new-{i}"),
+                    },
+                    who,
+                ))
+                .await,
+        ),
+        "DeleteTenant" => {
+            // An empty tenant of the caller's own, made for the call.
+            let name = format!("doomed-{i}");
+            admin
+                .create_tenant(w.as_admin(apb::CreateTenantRequest { name: name.clone() }))
+                .await
+                .unwrap();
+            code(
+                admin
+                    .delete_tenant(w.as_who(apb::DeleteTenantRequest { name, force: false }, who))
+                    .await,
+            )
+        }
+        "ListTenants" => code(
+            admin
+                .list_tenants(w.as_who(apb::ListTenantsRequest {}, who))
+                .await,
+        ),
+        "CreateToken" => code(
+            admin
+                .create_token(w.as_who(
+                    apb::CreateTokenRequest {
+                        tenant: "empty".into(),
+                        role: "read".into(),
+                        description: String::new(),
+                    },
+                    who,
+                ))
+                .await,
+        ),
+        "RevokeToken" => {
+            let token = w.create_token("empty", "read").await;
+            code(
+                admin
+                    .revoke_token(w.as_who(
+                        apb::RevokeTokenRequest {
+                            token_id: token_id(&token),
+                        },
+                        who,
+                    ))
+                    .await,
+            )
+        }
+        "ListTokens" => code(
+            admin
+                .list_tokens(w.as_who(
+                    apb::ListTokensRequest {
+                        tenant: "acme".into(),
+                    },
+                    who,
+                ))
+                .await,
+        ),
+        "SetQuota" => code(
+            admin
+                .set_quota(w.as_who(
+                    apb::SetQuotaRequest {
+                        tenant: "empty".into(),
+                        quota: Some(apb::Quota::default()),
+                    },
+                    who,
+                ))
+                .await,
+        ),
+        "GetQuota" => code(
+            admin
+                .get_quota(w.as_who(
+                    apb::GetQuotaRequest {
+                        tenant: "acme".into(),
+                    },
+                    who,
+                ))
+                .await,
+        ),
+        _ => unreachable!("{rpc}"),
+    }
+}
+
+/// The matrix on one store.
+async fn isolation_matrix(backend: &str, store: Arc<dyn Store>) {
+    let (app, w) = World::new(store).await;
+    // Each caller's own pools of acme: one with an address in use, one to release.
+    for i in 0..EVERYONE.len() {
+        let mut ipam = w.ipam_client();
+        ipam.request_pool(w.as_who(
+            pb::RequestPoolRequest {
+                address_space: "local".into(),
+                pool: format!("10.150.{i}.0/24"),
+                ..Default::default()
+            },
+            Who::OwnerWrite,
+        ))
+        .await
+        .unwrap();
+        let pool = ipam
+            .request_pool(w.as_who(
+                pb::RequestPoolRequest {
+                    address_space: "local".into(),
+                    pool: format!("10.100.{i}.0/24"),
+                    ..Default::default()
+                },
+                Who::OwnerWrite,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .pool_id;
+        ipam.request_address(w.as_who(
+            pb::RequestAddressRequest {
+                pool_id: pool,
+                address: format!("10.100.{i}.5"),
+                ..Default::default()
+            },
+            Who::OwnerWrite,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut wrong = Vec::new();
+    for rpc in IPAM_RPCS.iter().chain(&ADMIN_RPCS) {
+        for (i, who) in EVERYONE.iter().enumerate() {
+            let got = call(&w, rpc, *who, i).await;
+            let want = expected(rpc, *who);
+            if got != want {
+                wrong.push(format!("{rpc} as {who:?}: {got:?}, expected {want:?}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{backend}:\n{}", wrong.join("\n"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_every_caller_as_it_should() {
+    for (backend, store, _keep) in backends().await {
+        isolation_matrix(backend, store).await;
+    }
+}
+
+/// Two tenants create the same subnet and allocate the same address, independently; neither
+/// sees the other's pools, and the other's pool id answers exactly as a missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_overlap_without_seeing_each_other() {
+    for (backend, store, _keep) in backends().await {
+        let (app, w) = World::new(store).await;
+        let mut ipam = w.ipam_client();
+        let mut got = Vec::new();
+        for who in [Who::OwnerWrite, Who::OtherTenant] {
+            let pool = ipam
+                .request_pool(w.as_who(
+                    pb::RequestPoolRequest {
+                        address_space: "local".into(),
+                        pool: "10.50.0.0/24".into(),
+                        ..Default::default()
+                    },
+                    who,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .pool_id;
+            let address = ipam
+                .request_address(w.as_who(
+                    pb::RequestAddressRequest {
+                        pool_id: pool.clone(),
+                        address: "10.50.0.7".into(),
+                        ..Default::default()
+                    },
+                    who,
+                ))
+                .await
+                .unwrap()
+                .into_inner()
+                .address;
+            got.push((pool, address));
+        }
+        assert_eq!(got[0], got[1], "{backend}");
+        // acme's only pool, seen from beta: gone once acme releases it; before, identical
+        // answers for acme's pool and for a pool nobody has.
+        let ask = |pool: &str, who| {
+            w.as_who(
+                pb::GetIpamStateRequest {
+                    pool_ids: vec![pool.to_owned()],
+                },
+                who,
+            )
+        };
+        let mut beta = w.ipam_client();
+        let pools = beta
+            .list_pools(w.as_who(pb::ListPoolsRequest::default(), Who::OtherTenant))
+            .await
+            .unwrap()
+            .into_inner()
+            .pools;
+        assert_eq!(pools.len(), 1, "{backend}: beta sees its own pool only");
+        ipam.request_pool(w.as_who(
+            pb::RequestPoolRequest {
+                address_space: "local".into(),
+                pool: "10.60.0.0/24".into(),
+                ..Default::default()
+            },
+            Who::OwnerWrite,
+        ))
+        .await
+        .unwrap();
+        let theirs = beta
+            .get_ipam_state(ask("local/10.60.0.0/24", Who::OtherTenant))
+            .await
+            .unwrap_err();
+        let nobodys = beta
+            .get_ipam_state(ask("local/10.61.0.0/24", Who::OtherTenant))
+            .await
+            .unwrap_err();
+        assert_eq!(theirs.code(), nobodys.code(), "{backend}");
+        assert_eq!(
+            theirs.message().replace("10.60.", "10.61."),
+            nobodys.message(),
+            "{backend}"
+        );
+        app.stop().await;
+    }
+}
+
+/// Quotas: past a limit, RESOURCE_EXHAUSTED naming the tenant, the limit and the use; calls
+/// at once never get past it together; over the rate, a retry hint in the metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_and_say_so() {
+    let (app, w) = World::new(Arc::new(allot::store::MemoryStore::new())).await;
+    let set = |quota: apb::Quota| {
+        let mut admin = w.admin_client();
+        let request = w.as_admin(apb::SetQuotaRequest {
+            tenant: "acme".into(),
+            quota: Some(quota),
+        });
+        async move { admin.set_quota(request).await.unwrap() }
+    };
+    set(apb::Quota {
+        max_pools: 1,
+        max_addresses: 10,
+        requests_per_second: 0,
+    })
+    .await;
+    let mut ipam = w.ipam_client();
+    let pool = |p: &str| pb::RequestPoolRequest {
+        address_space: "local".into(),
+        pool: p.into(),
+        ..Default::default()
+    };
+    ipam.request_pool(w.as_who(pool("10.1.0.0/24"), Who::OwnerWrite))
+        .await
+        .unwrap();
+    let refused = ipam
+        .request_pool(w.as_who(pool("10.2.0.0/24"), Who::OwnerWrite))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert_eq!(
+        refused.message(),
+        "tenant \"acme\" has reached its quota of 1 pools (1 in use)"
+    );
+    // Another tenant is not held to acme's quota.
+    ipam.request_pool(w.as_who(pool("10.2.0.0/24"), Who::OtherTenant))
+        .await
+        .unwrap();
+    // 32 allocations at once against a limit of 10: exactly 10 pass.
+    let calls = (0..32).map(|_| {
+        let mut c = w.ipam_client();
+        let r = w.as_who(
+            pb::RequestAddressRequest {
+                pool_id: "local/10.1.0.0/24".into(),
+                ..Default::default()
+            },
+            Who::OwnerWrite,
+        );
+        async move {
+            c.request_address(r)
+                .await
+                .map(|r| r.into_inner().address)
+                .map_err(|s| s.code())
+        }
+    });
+    let results = futures_join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 10, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| r.is_ok() || *r == Err(Code::ResourceExhausted))
+    );
+    // The rate: a burst of 3, then a hint to retry, then allowed again after it.
+    set(apb::Quota {
+        max_pools: 1,
+        max_addresses: 10,
+        requests_per_second: 3,
+    })
+    .await;
+    let list = || w.as_who(pb::ListPoolsRequest::default(), Who::OwnerRead);
+    let mut refusal = None;
+    for _ in 0..10 {
+        if let Err(s) = ipam.list_pools(list()).await {
+            refusal = Some(s);
+            break;
+        }
+    }
+    let refusal = refusal.expect("the rate is enforced");
+    assert_eq!(refusal.code(), Code::ResourceExhausted);
+    assert!(
+        refusal.message().contains("rate of 3 requests per second"),
+        "{}",
+        refusal.message()
+    );
+    let wait: u64 = refusal
+        .metadata()
+        .get("x-allot-retry-after-ms")
+        .expect("retry hint")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1000).contains(&wait), "{wait}");
+    tokio::time::sleep(std::time::Duration::from_millis(wait + 20)).await;
+    ipam.list_pools(list()).await.unwrap();
+    app.stop().await;
+}
+
+/// Runs futures at once, in order of their answers' positions.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
