@@ -49,6 +49,17 @@ if ! prepare_postgres; then
   echo "test.sh: no PostgreSQL reachable at $DATABASE_URL; the Postgres tests will fail" >&2
 fi
 
+# openssl makes the TLS tests' certificates (Debian ships it; install it where it is missing).
+if ! command -v openssl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing openssl" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+  else
+    echo "test.sh: openssl is missing and cannot be installed here; the TLS tests will fail" >&2
+  fi
+fi
+
 # Real clients the tests drive (grpcurl, buf), in a virtualenv of the project's own.
 PATH="$(scripts/tools.sh):$PATH"
 export PATH

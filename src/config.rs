@@ -91,6 +91,24 @@ pub struct SecurityArgs {
     #[arg(long, env = "ALLOT_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
 
+    /// The server's TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS.
+    /// Re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "ALLOT_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "ALLOT_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Accept client certificates signed by this CA (PEM): such a certificate authenticates as
+    /// the tenant its subject's common name (CN) names. Implies --auth token.
+    #[arg(long, env = "ALLOT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
+    /// The role a client certificate grants: read, write or admin.
+    #[arg(long, env = "ALLOT_TLS_CLIENT_ROLE", default_value = "write", value_parser = parse_role)]
+    pub tls_client_role: crate::auth::Role,
+
     /// Allow a non-loopback --listen without TLS: tokens then cross the network in clear.
     #[arg(long, env = "ALLOT_INSECURE_PLAINTEXT")]
     pub insecure_plaintext: bool,
@@ -99,6 +117,10 @@ pub struct SecurityArgs {
     /// whoever can open the socket acts for this tenant).
     #[arg(long, env = "ALLOT_DOCKER_PLUGIN_TENANT", default_value = crate::store::DEFAULT_TENANT)]
     pub docker_plugin_tenant: String,
+}
+
+fn parse_role(s: &str) -> Result<crate::auth::Role, String> {
+    s.parse()
 }
 
 /// `--auth`.

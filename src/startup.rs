@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 use tonic::transport::Server;
 
 use crate::api::authn::AuthLayer;
+use crate::api::tls::{Tls, TlsFiles};
 use crate::api::{AdminApi, IpamApi};
-use crate::auth::{Authenticator, Mode, Role};
+use crate::auth::{Authenticator, Mode};
 use crate::config::{AuthMode, DatabaseArgs, DriverSpec, ServeArgs};
 use crate::engine::DefaultPool;
 use crate::ipam::{Build, Builtin, Ipam, NULL_SPACE, Null, Remote, Router, Tenants, Tracked};
@@ -214,24 +215,30 @@ pub async fn authenticator(
     let security = &args.security;
     crate::auth::check_tenant_name(&security.docker_plugin_tenant)
         .map_err(|reason| anyhow::anyhow!("--docker-plugin-tenant: {reason}"))?;
-    let mode = match (security.auth, &security.admin_token_file) {
-        (Some(AuthMode::None), Some(_)) => {
-            bail!("--auth none and --admin-token-file contradict each other: give one")
-        }
-        (Some(AuthMode::Token), _) | (None, Some(_)) => Mode::Tokens,
-        (Some(AuthMode::None) | None, None) => Mode::Open,
+    let credentials = security.admin_token_file.is_some() || security.tls_client_ca.is_some();
+    let mode = match (security.auth, credentials) {
+        (Some(AuthMode::None), true) => bail!(
+            "--auth none contradicts --admin-token-file and --tls-client-ca (which require \
+             credentials on every call): give one or the other"
+        ),
+        (Some(AuthMode::Token), _) | (None, true) => Mode::Tokens,
+        (Some(AuthMode::None) | None, false) => Mode::Open,
     };
     let ip = args.listen.ip();
     if !ip.is_loopback() {
         if mode == Mode::Open {
             bail!(
-                "refusing to listen on {} without authentication: every caller could take                  and release any address. Give --admin-token-file (see `allot admin token                  create`), or listen on a loopback address",
+                "refusing to listen on {} without authentication: every caller could take \
+                 and release any address. Give --admin-token-file (see `allot admin token \
+                 create`), or listen on a loopback address",
                 args.listen
             );
         }
-        if !security.insecure_plaintext {
+        if security.tls_cert.is_none() && !security.insecure_plaintext {
             bail!(
-                "refusing to listen on {} in plaintext: tokens would cross the network in                  clear. Give --insecure-plaintext to accept that, or listen on a loopback                  address",
+                "refusing to listen on {} in plaintext: tokens would cross the network in \
+                 clear. Give --tls-cert and --tls-key, or --insecure-plaintext to accept \
+                 that, or listen on a loopback address",
                 args.listen
             );
         }
@@ -240,9 +247,36 @@ pub async fn authenticator(
         Some(path) => Some(read_secret_file(path).context("--admin-token-file")?),
         None => None,
     };
-    Authenticator::new(mode, store, bootstrap.as_deref(), Role::Write)
+    Authenticator::new(mode, store, bootstrap.as_deref(), security.tls_client_role)
         .await
         .map_err(|e| anyhow::anyhow!("--admin-token-file: {e}"))
+}
+
+/// Reads the TLS certificates `args` names, if any.
+///
+/// # Errors
+/// A certificate without its key (or a client CA without either), or files that do not hold
+/// a usable certificate and key.
+pub fn tls(args: &ServeArgs) -> anyhow::Result<Option<Arc<Tls>>> {
+    let s = &args.security;
+    match (&s.tls_cert, &s.tls_key) {
+        (None, None) => {
+            if s.tls_client_ca.is_some() {
+                bail!(
+                    "--tls-client-ca needs --tls-cert and --tls-key (client certificates are \
+                     part of TLS)"
+                );
+            }
+            Ok(None)
+        }
+        (Some(cert), Some(key)) => Tls::load(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: s.tls_client_ca.clone(),
+        })
+        .map(Some),
+        _ => bail!("--tls-cert and --tls-key go together"),
+    }
 }
 
 /// Reads a file holding a secret, refusing one that others than its owner may read or write.
@@ -258,12 +292,21 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
         .mode();
     if mode & 0o077 != 0 {
         bail!(
-            "{shown} is open to group or others (mode {:o}): make it readable by its owner              only (chmod 600 {shown})",
+            "{shown} is open to group or others (mode {:o}): make it readable by its owner \
+             only (chmod 600 {shown})",
             mode & 0o777
         );
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {shown}"))?;
     Ok(text.trim().to_owned())
+}
+
+/// What the gRPC listener serves: every tenant's driver, behind authentication, over TLS or
+/// not.
+pub struct Service {
+    pub tenants: Arc<Tenants>,
+    pub auth: Arc<Authenticator>,
+    pub tls: Option<Arc<Tls>>,
 }
 
 /// Serves the gRPC API for every tenant of `tenants` on `listener` until `shutdown` resolves,
@@ -274,11 +317,13 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// The reflection service cannot be built, or the server fails.
 pub async fn serve(
     incoming: Incoming<TcpListener>,
-    tenants: Arc<Tenants>,
-    auth: Arc<Authenticator>,
+    service: Service,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    let Service { tenants, auth, tls } = service;
+    let handshake = incoming.limits().handshake_timeout;
+    let incoming = crate::api::tls::accept(incoming, tls, handshake);
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -41,8 +41,11 @@ pub async fn serve(tenants: Arc<Tenants>, store: Arc<dyn Store>) -> SocketAddr {
         .unwrap();
     tokio::spawn(startup::serve(
         Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
-        tenants,
-        auth,
+        startup::Service {
+            tenants,
+            auth,
+            tls: None,
+        },
         std::future::pending(),
         Duration::from_secs(1),
     ));

@@ -12,7 +12,8 @@ use tonic::codegen::{BoxFuture, http};
 use tower_service::Service;
 
 use super::status::status;
-use crate::auth::{Authenticator, PeerCert, RETRY_AFTER_HEADER, RetryAfter, TENANT_HEADER};
+use super::tls::ConnInfo;
+use crate::auth::{Authenticator, RETRY_AFTER_HEADER, RetryAfter, TENANT_HEADER};
 
 /// The layer; see the module's documentation.
 #[derive(Clone)]
@@ -69,7 +70,10 @@ where
             let found = {
                 let headers = req.headers();
                 let text = |name: &str| headers.get(name).map(|v| v.to_str().map_err(|_| ()));
-                let cert = req.extensions().get::<PeerCert>();
+                let cert = req
+                    .extensions()
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.peer_cert.as_ref());
                 auth.authenticate(
                     req.uri().path(),
                     text("authorization"),

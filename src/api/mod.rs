@@ -11,6 +11,7 @@ pub mod conn;
 pub mod plugin;
 mod service;
 pub mod status;
+pub mod tls;
 
 pub use admin::AdminApi;
 pub use service::IpamApi;

@@ -76,13 +76,17 @@ pub enum Mode {
     Tokens,
 }
 
-/// A client certificate the TLS handshake verified, as the connection reports it.
+/// The verdict on the certificate a client presented on a TLS connection (`api::tls`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerCert {
-    /// The tenant its subject names (see `api::tls`).
-    pub tenant: String,
-    /// The subject, as shown in the audit trail.
-    pub subject: String,
+pub enum PeerCert {
+    /// Signed by the client CA, valid now, naming `tenant` in its subject's common name.
+    Verified {
+        tenant: String,
+        /// The subject, as shown in the audit trail.
+        subject: String,
+    },
+    /// Not to be trusted, and why.
+    Refused { reason: String },
 }
 
 /// Checks credentials against the directory.
@@ -325,18 +329,17 @@ impl Authenticator {
         let unauthenticated = |why: &str| Error::Unauthenticated(why.to_owned());
         let value = match authorization {
             None => {
-                return cert
-                    .map(|c| Caller {
-                        tenant: c.tenant.clone(),
+                return match cert {
+                    Some(PeerCert::Verified { tenant, subject }) => Ok(Caller {
+                        tenant: tenant.clone(),
                         role: self.cert_role,
-                        credential: format!("cert:{}", c.subject),
-                    })
-                    .ok_or_else(|| {
-                        unauthenticated(
-                            "missing credentials: send the metadata \
-                             'authorization: Bearer <token>'",
-                        )
-                    });
+                        credential: format!("cert:{subject}"),
+                    }),
+                    Some(PeerCert::Refused { reason }) => Err(unauthenticated(reason)),
+                    None => Err(unauthenticated(
+                        "missing credentials: send the metadata 'authorization: Bearer <token>'",
+                    )),
+                };
             }
             Some(Err(())) => return Err(unauthenticated("malformed authorization metadata")),
             Some(Ok(value)) => value,
@@ -601,7 +604,7 @@ mod tests {
         let auth = Authenticator::new(Mode::Tokens, Arc::new(MemoryStore::new()), None, Role::Read)
             .await
             .unwrap();
-        let cert = PeerCert {
+        let cert = PeerCert::Verified {
             tenant: "acme".into(),
             subject: "CN=acme".into(),
         };

@@ -5,7 +5,7 @@ use anyhow::Context;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::auth::TENANT_HEADER;
 use crate::proto::admin_pb::admin_service_client::AdminServiceClient;
@@ -36,6 +36,18 @@ pub struct Target {
     /// Act for this tenant (an admin token may name any; others only their own).
     #[arg(long, env = "ALLOT_TENANT")]
     pub tenant: Option<String>,
+
+    /// The CA that signed an https:// server's certificate (PEM); without it, none is trusted.
+    #[arg(long, env = "ALLOT_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+
+    /// A client certificate to present to an https:// server (PEM), with --client-key.
+    #[arg(long, env = "ALLOT_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --client-cert (PEM).
+    #[arg(long, env = "ALLOT_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 /// The credentials added to every call.
@@ -107,15 +119,37 @@ impl Target {
         } else {
             format!("http://{}", self.server)
         };
-        if !url.starts_with("http://") {
-            // tonic without TLS would talk plaintext to an https:// address.
-            anyhow::bail!("server {url}: only http:// is supported (no TLS in this build)");
+        let mut endpoint =
+            Channel::from_shared(url.clone()).with_context(|| format!("server {url}"))?;
+        if url.starts_with("https://") {
+            endpoint = endpoint
+                .tls_config(self.tls()?)
+                .with_context(|| format!("server {url}"))?;
+        } else if !url.starts_with("http://") {
+            anyhow::bail!("server {url}: expected http:// or https://");
+        } else if self.ca_cert.is_some() || self.client_cert.is_some() {
+            // Certificates for a plaintext server are a mistake worth saying.
+            anyhow::bail!("server {url}: --ca-cert and --client-cert need an https:// server");
         }
-        Channel::from_shared(url.clone())
-            .with_context(|| format!("server {url}"))?
+        endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to {url}"))
+    }
+
+    /// The TLS settings of an https:// server: its CA, and the client certificate if given.
+    fn tls(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let Some(ca) = &self.ca_cert else {
+            anyhow::bail!("an https:// server needs --ca-cert, the CA that signed its certificate");
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
     }
 
     /// A client of the IPAM service.

@@ -16,6 +16,7 @@ mod client;
 pub use client::Target;
 
 use crate::api::conn::{Gate, Incoming, Limits, raise_fd_limit};
+use crate::api::tls::Tls;
 use crate::config::{DatabaseArgs, ServeArgs};
 use crate::engine::{GATEWAY_ADDRESS_TYPE, REQUEST_ADDRESS_TYPE, SERIAL_OPTION};
 use crate::proto::pb;
@@ -36,7 +37,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC service (SQLite file allot.db in the working directory by default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(DatabaseArgs),
     /// Request, release or list pools.
@@ -142,7 +143,7 @@ pub enum Output {
 /// Anything that goes wrong, as one line for the user.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => {
             println!("{}", startup::migrate(&args).await?);
             Ok(())
@@ -165,6 +166,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let store = startup::open_store(&args.database).await?;
     let auth = startup::authenticator(&args, Arc::clone(&store)).await?;
+    let tls = startup::tls(&args)?;
+    // Held for as long as the server runs: re-reads the certificates.
+    let _reloading = tls.as_ref().map(Tls::watch).transpose()?;
     let tenants = startup::tenants(store, args.default_pools(), &args.address_spaces).await?;
     let listener = startup::bind(args.listen).await?;
     let addr = listener.local_addr()?;
@@ -203,7 +207,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stop.send(true);
     };
     let incoming = Incoming::new(listener, gate, "grpc");
-    startup::serve(incoming, tenants, auth, shutdown, args.shutdown_grace).await
+    let service = startup::Service { tenants, auth, tls };
+    startup::serve(incoming, service, shutdown, args.shutdown_grace).await
 }
 
 /// An error and its causes on one line, each said once: transport errors repeat their

@@ -36,7 +36,7 @@ fn grpcurl_bin() -> &'static PathBuf {
 }
 
 /// Runs grpcurl; returns (exit status, stdout + stderr).
-async fn grpcurl(args: &[&str]) -> (i32, String) {
+pub(crate) async fn grpcurl(args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(grpcurl_bin())
         .args(args)
         .output()

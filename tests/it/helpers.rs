@@ -6,9 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use allot::config::ServeArgs;
 use allot::proto::pb;
@@ -56,19 +58,32 @@ fn default_pools() -> std::collections::BTreeMap<String, Vec<allot::engine::Defa
 
 /// Starts a server over `store`, without authentication (everyone is the tenant default).
 pub async fn spawn_app(store: Arc<dyn Store>) -> App {
-    spawn_app_with(store, allot::auth::Mode::Open, None).await
+    spawn_app_with(store, allot::auth::Mode::Open, None, None).await
 }
 
 /// Starts a server over `store` that requires tokens, with `admin` as its bootstrap admin
-/// token.
-pub async fn spawn_secure(store: Arc<dyn Store>, admin: &str) -> App {
-    spawn_app_with(store, allot::auth::Mode::Tokens, Some(admin)).await
+/// token, over TLS with `pki`'s `server` certificate and its CA for client certificates.
+pub async fn spawn_secure(store: Arc<dyn Store>, admin: &str, pki: &Pki) -> App {
+    let tls = allot::api::tls::Tls::load(allot::api::tls::TlsFiles {
+        cert: pki.path("server.pem").into(),
+        key: pki.path("server.key").into(),
+        client_ca: Some(pki.path("ca.pem").into()),
+    })
+    .expect("TLS");
+    spawn_app_with(
+        store,
+        allot::auth::Mode::Tokens,
+        Some(admin),
+        Some((tls, pki.path("ca.pem"))),
+    )
+    .await
 }
 
 async fn spawn_app_with(
     store: Arc<dyn Store>,
     mode: allot::auth::Mode,
     admin: Option<&str>,
+    tls: Option<(Arc<allot::api::tls::Tls>, String)>,
 ) -> App {
     let auth =
         allot::auth::Authenticator::new(mode, Arc::clone(&store), admin, allot::auth::Role::Write)
@@ -85,14 +100,20 @@ async fn spawn_app_with(
     };
     let task = tokio::spawn(startup::serve(
         Incoming::new(listener, Gate::new(Limits::default()), "grpc"),
-        tenants,
-        auth,
+        startup::Service {
+            tenants,
+            auth,
+            tls: tls.as_ref().map(|(tls, _)| Arc::clone(tls)),
+        },
         shutdown,
         Duration::from_secs(5),
     ));
-    let client = Client::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
+    let client = match &tls {
+        None => Client::connect(format!("http://{addr}"))
+            .await
+            .expect("connect"),
+        Some((_, ca)) => Client::new(channel(addr.port(), ca, None).await.expect("connect")),
+    };
     App {
         addr,
         client,
@@ -573,4 +594,140 @@ pub async fn serve_refused(db_url: &str, flags: &[&str]) -> String {
         .expect("run allot serve");
     assert!(!out.status.success(), "allot serve started");
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A certificate authority of the test's own, and what it signs, as PEM files in `dir`.
+pub struct Pki {
+    dir: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (Debian's openssl package)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Pki {
+    /// A new CA named `name` in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let dir = dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(dir.join("index.txt"), "").unwrap();
+        std::fs::write(dir.join("serial"), "01\n").unwrap();
+        std::fs::write(
+            dir.join("ca.cnf"),
+            format!(
+                "[ca]\ndefault_ca = test\n[test]\ndatabase = {0}/index.txt\nnew_certs_dir = {0}\n\
+                 serial = {0}/serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n\
+                 [any]\ncommonName = supplied\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
+             basicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.ext"),
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// Signs a new key for `cn` as `name`.pem / `name`.key, valid from `start` to `end`
+    /// (`YYYYMMDDHHMMSSZ`; `None`: from now, for a day), for a server or a client.
+    pub fn issue(&self, name: &str, cn: &str, server: bool, dates: Option<(&str, &str)>) {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            &self.dir,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        );
+        let ext = if server { "server.ext" } else { "client.ext" };
+        let mut args = vec![
+            "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in",
+            &csr, "-out", &pem, "-extfile", ext, "-notext",
+        ];
+        match dates {
+            Some((start, end)) => args.extend(["-startdate", start, "-enddate", end]),
+            None => args.extend(["-days", "1"]),
+        }
+        openssl(&self.dir, &args);
+    }
+}
+
+/// A tonic channel to `https://localhost:port` trusting `ca`, with a client identity if given.
+pub async fn channel(
+    port: u16,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        ));
+    }
+    Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
 }

@@ -18,3 +18,4 @@ mod remote;
 mod replicas;
 mod semantics;
 mod tenancy;
+mod tls;

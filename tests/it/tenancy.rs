@@ -23,9 +23,10 @@ enum Who {
     MalformedHeader,
     UnknownToken,
     RevokedToken,
+    ExpiredCertificate,
 }
 
-const EVERYONE: [Who; 8] = [
+const EVERYONE: [Who; 9] = [
     Who::OwnerWrite,
     Who::OwnerRead,
     Who::OtherTenant,
@@ -34,6 +35,7 @@ const EVERYONE: [Who; 8] = [
     Who::MalformedHeader,
     Who::UnknownToken,
     Who::RevokedToken,
+    Who::ExpiredCertificate,
 ];
 
 const IPAM_RPCS: [&str; 8] = [
@@ -62,9 +64,11 @@ const ADMIN_RPCS: [&str; 8] = [
 fn expected(rpc: &str, who: Who) -> Code {
     let admin_rpc = ADMIN_RPCS.contains(&rpc);
     match who {
-        Who::NoToken | Who::MalformedHeader | Who::UnknownToken | Who::RevokedToken => {
-            Code::Unauthenticated
-        }
+        Who::NoToken
+        | Who::MalformedHeader
+        | Who::UnknownToken
+        | Who::RevokedToken
+        | Who::ExpiredCertificate => Code::Unauthenticated,
         Who::AdminForTenant => Code::Ok,
         _ if admin_rpc => Code::PermissionDenied,
         Who::OwnerRead => match rpc {
@@ -82,28 +86,44 @@ fn expected(rpc: &str, who: Who) -> Code {
     }
 }
 
-/// The credentials of every caller.
+/// The credentials of every caller, over TLS: tokens, and a client certificate of acme's that
+/// has expired.
 struct World {
     channel: Channel,
+    expired: Channel,
     admin: String,
     tokens: std::collections::HashMap<&'static str, String>,
     unknown: String,
+    _pki: TempDir,
 }
 
 impl World {
     async fn new(store: Arc<dyn Store>) -> (App, Self) {
+        let dir = TempDir::new("tenancy-pki");
+        let pki = Pki::new(&dir.0, "ca");
+        pki.issue("server", "localhost", true, None);
+        pki.issue(
+            "expired",
+            "acme",
+            false,
+            Some(("20200101000000Z", "20200102000000Z")),
+        );
         let admin = allot::auth::issue().unwrap().token;
-        let app = spawn_secure(store, &admin).await;
-        let channel = Channel::from_shared(format!("http://{}", app.addr))
-            .unwrap()
-            .connect()
+        let app = spawn_secure(store, &admin, &pki).await;
+        let port = app.addr.port();
+        let ca = pki.path("ca.pem");
+        let channel = channel(port, &ca, None).await.unwrap();
+        let (cert, key) = (pki.path("expired.pem"), pki.path("expired.key"));
+        let expired = crate::helpers::channel(port, &ca, Some((&cert, &key)))
             .await
             .unwrap();
         let mut world = Self {
             channel,
+            expired,
             admin,
             tokens: std::collections::HashMap::new(),
             unknown: allot::auth::issue().unwrap().token,
+            _pki: dir,
         };
         for tenant in ["acme", "beta", "empty"] {
             world
@@ -148,6 +168,15 @@ impl World {
         pb::ipam_service_client::IpamServiceClient::new(self.channel.clone())
     }
 
+    /// The connection `who` calls on: its certificate's, or the one for tokens.
+    fn channel_of(&self, who: Who) -> Channel {
+        if who == Who::ExpiredCertificate {
+            self.expired.clone()
+        } else {
+            self.channel.clone()
+        }
+    }
+
     async fn create_token(&self, tenant: &str, role: &str) -> String {
         self.admin_client()
             .create_token(self.as_admin(apb::CreateTokenRequest {
@@ -172,7 +201,7 @@ impl World {
             Who::OwnerRead => bearer(msg, &self.tokens["read"], None),
             Who::OtherTenant => bearer(msg, &self.tokens["other"], None),
             Who::AdminForTenant => bearer(msg, &self.admin, Some("acme")),
-            Who::NoToken => tonic::Request::new(msg),
+            Who::NoToken | Who::ExpiredCertificate => tonic::Request::new(msg),
             Who::MalformedHeader => bearer(msg, "not-a-token", None),
             Who::UnknownToken => bearer(msg, &self.unknown, None),
             Who::RevokedToken => bearer(msg, &self.tokens["revoked"], None),
@@ -209,12 +238,11 @@ fn code<T>(r: Result<tonic::Response<T>, tonic::Status>) -> Code {
 async fn call(w: &World, rpc: &str, who: Who, i: usize) -> Code {
     let pool = format!("local/10.100.{i}.0/24");
     let address = format!("10.100.{i}.5");
-    let mut ipam = w.ipam_client();
-    let mut admin = w.admin_client();
-    let r = |m| w.as_who(m, who);
+    let mut ipam = pb::ipam_service_client::IpamServiceClient::new(w.channel_of(who));
+    let mut admin = AdminServiceClient::new(w.channel_of(who));
     match rpc {
         "GetDefaultAddressSpaces" => code(
-            ipam.get_default_address_spaces(r(pb::GetDefaultAddressSpacesRequest {}))
+            ipam.get_default_address_spaces(w.as_who(pb::GetDefaultAddressSpacesRequest {}, who))
                 .await,
         ),
         "GetCapabilities" => code(
