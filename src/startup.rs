@@ -301,6 +301,9 @@ pub fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(text.trim().to_owned())
 }
 
+/// The most metadata (header bytes) one call may carry.
+pub const MAX_METADATA: u32 = 64 * 1024;
+
 /// What the gRPC listener serves: every tenant's driver, behind authentication, over TLS or
 /// not.
 pub struct Service {
@@ -341,6 +344,11 @@ pub async fn serve(
         let _ = stopping.send(());
     };
     let server = Server::builder()
+        // A call's metadata may take 64 KiB (hyper's default is 16), in frames as large, so
+        // that h2's cap on CONTINUATION frames does not cut a connection under it; past that,
+        // HTTP/2 itself refuses the stream before any of allot's code sees it.
+        .http2_max_header_list_size(MAX_METADATA)
+        .max_frame_size(MAX_METADATA)
         .layer(AuthLayer::new(Arc::clone(&auth)))
         .add_service(health_service)
         .add_service(reflection_v1)
