@@ -250,3 +250,69 @@ async fn docker_creates_networks_on_allot_and_their_utilization_shows() {
     );
     assert_eq!(listed[0].pool_id, a["PoolID"].as_str().unwrap());
 }
+
+/// The plugin socket serves the tenant `--docker-plugin-tenant` names: its networks are that
+/// tenant's pools, seen with that tenant's token and by no other; a tenant that does not exist
+/// is refused, and answers once created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_serves_one_tenant() {
+    let dir = TempDir::new("plugin-tenant");
+    let socket = dir.0.join("allot.sock");
+    let admin = allot::auth::issue().unwrap().token;
+    let admin_file = dir.0.join("admin-token");
+    std::fs::write(&admin_file, format!("{admin}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (socket_flag, admin_flag) = (
+        socket.display().to_string(),
+        admin_file.display().to_string(),
+    );
+    let server = Server::start_with(
+        &dir.db_url(),
+        &dir.0,
+        &[
+            "--docker-plugin-socket",
+            &socket_flag,
+            "--docker-plugin-tenant",
+            "docker",
+            "--admin-token-file",
+            &admin_flag,
+        ],
+    );
+    wait_for_socket(&socket).await;
+    let body = pool_body("local", "10.33.0.0/24", "");
+    refused(
+        &socket,
+        "/IpamDriver.RequestPool",
+        body.clone(),
+        &["tenant", "docker", "not found"],
+    )
+    .await;
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args([
+                "--server",
+                &server.addr.to_string(),
+                "--token-file",
+                &admin_flag,
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(cli(&["tenant", "create", "docker"]).status.success());
+    let pool = ok(&socket, "/IpamDriver.RequestPool", body).await;
+    assert_eq!(pool["PoolID"], "local/10.33.0.0/24");
+    let listed = |tenant: Option<&str>| {
+        let mut args = vec![];
+        if let Some(t) = tenant {
+            args.extend(["--tenant", t]);
+        }
+        args.extend(["pool", "list"]);
+        String::from_utf8(cli(&args).stdout).unwrap()
+    };
+    assert_eq!(listed(Some("docker")), "local/10.33.0.0/24\n");
+    assert_eq!(listed(None), "", "not the admin's own tenant's");
+}
