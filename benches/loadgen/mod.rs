@@ -1,6 +1,9 @@
 //! Load generation shared by the gRPC benchmarks: an in-process allot server, clients, and a
 //! closed-loop load with latency percentiles.
 
+// Not every benchmark binary uses every helper.
+#![allow(dead_code)]
+
 use allot::api::conn::{Gate, Incoming, Limits};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +23,6 @@ use tonic::transport::Channel;
 pub type Client = IpamServiceClient<Channel>;
 
 /// The default tenant's built-in driver over `store`, with the local default pools.
-#[allow(dead_code)] // not every benchmark binary uses it
 pub async fn driver(store: Arc<dyn Store>) -> Arc<dyn Ipam> {
     let defaults = [(LOCAL_SPACE.to_owned(), DefaultPool::local_defaults())].into();
     startup::driver(store, defaults).await.unwrap()
@@ -53,7 +55,6 @@ pub async fn serve(tenants: Arc<Tenants>, store: Arc<dyn Store>) -> SocketAddr {
 }
 
 /// Starts allot over `store` on a free loopback port.
-#[allow(dead_code)] // not every benchmark binary uses it
 pub async fn start_allot(store: Arc<dyn Store>) -> SocketAddr {
     serve(tenants(Arc::clone(&store)).await, store).await
 }
@@ -75,14 +76,15 @@ pub struct Stats {
 
 /// Runs `op` from `per_connection` tasks on each client for `warmup` (unrecorded) then `run`;
 /// `op` gets the client and the task's number.
-pub async fn load<F, Fut>(
-    clients: &[Client],
+pub async fn load<C, F, Fut>(
+    clients: &[C],
     per_connection: usize,
     (warmup, run): (Duration, Duration),
     op: F,
 ) -> Stats
 where
-    F: Fn(Client, usize) -> Fut + Clone + Send + Sync + 'static,
+    C: Clone + Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let start = Instant::now() + warmup;

@@ -85,7 +85,7 @@ impl IpamApi {
             Counted::Pools => usage.pools,
             Counted::Addresses => usage.addresses,
         };
-        let key = (caller.tenant.clone(), what);
+        let key = (caller.tenant.to_string(), what);
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let being_made = pending.get(&key).copied().unwrap_or(0);
         if used.saturating_add(being_made) >= max {

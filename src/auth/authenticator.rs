@@ -26,10 +26,10 @@ const MAX_UNKNOWN: usize = 10_000;
 /// Who a call is made by: the tenant it acts for and the role it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub tenant: String,
+    pub tenant: Arc<str>,
     pub role: Role,
     /// How it proved it, for the audit trail: `token:<id>`, `cert:<subject>`, or `none`.
-    pub credential: String,
+    pub credential: Arc<str>,
 }
 
 /// What a call needs.
@@ -98,13 +98,16 @@ pub struct Authenticator {
     bootstrap: Option<(TokenId, SecretHash)>,
     // The role a client certificate grants.
     cert_role: Role,
+    // The caller of every call in `Mode::Open`.
+    open: Caller,
     cache: Mutex<Cache>,
     watcher: Mutex<Option<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
 struct Cache {
-    known: HashMap<TokenId, TokenRecord>,
+    // A token found: its secret's hash, and who it makes the caller.
+    known: HashMap<TokenId, (SecretHash, Caller)>,
     unknown: std::collections::HashSet<TokenId>,
     // Each tenant's quota, as last read.
     quotas: HashMap<String, Quota>,
@@ -154,6 +157,11 @@ impl Authenticator {
             store,
             bootstrap,
             cert_role,
+            open: Caller {
+                tenant: Arc::from(DEFAULT_TENANT),
+                role: Role::Write,
+                credential: Arc::from("none"),
+            },
             cache: Mutex::default(),
             watcher: Mutex::default(),
         });
@@ -179,7 +187,7 @@ impl Authenticator {
     /// every token id remembered as unknown (one may have been created).
     pub fn invalidate(&self, tenant: &str) {
         let mut cache = self.cache();
-        cache.known.retain(|_, t| t.tenant != tenant);
+        cache.known.retain(|_, (_, c)| &*c.tenant != tenant);
         cache.unknown.clear();
         cache.quotas.remove(tenant);
     }
@@ -249,8 +257,8 @@ impl Authenticator {
         ))
     }
 
-    /// Finds a token by id: from the cache, or the store.
-    async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, Error> {
+    /// Finds a token by id, from the cache or the store: its secret's hash and its caller.
+    async fn token(&self, id: TokenId) -> Result<Option<(SecretHash, Caller)>, Error> {
         {
             let cache = self.cache();
             if let Some(t) = cache.known.get(&id) {
@@ -260,7 +268,14 @@ impl Authenticator {
                 return Ok(None);
             }
         }
-        let found = self.store.token(id).await?;
+        let found = self.store.token(id).await?.map(|t: TokenRecord| {
+            let caller = Caller {
+                tenant: Arc::from(t.tenant),
+                role: t.role,
+                credential: Arc::from(format!("token:{}", t.id)),
+            };
+            (t.hash, caller)
+        });
         let mut cache = self.cache();
         match &found {
             Some(t) => {
@@ -295,11 +310,7 @@ impl Authenticator {
             return Ok(None);
         };
         let caller = match self.mode {
-            Mode::Open => Caller {
-                tenant: DEFAULT_TENANT.to_owned(),
-                role: Role::Write,
-                credential: "none".to_owned(),
-            },
+            Mode::Open => self.open.clone(),
             Mode::Tokens => self.identify(authorization, cert).await?,
         };
         let caller = act_for(caller, tenant)?;
@@ -331,9 +342,9 @@ impl Authenticator {
             None => {
                 return match cert {
                     Some(PeerCert::Verified { tenant, subject }) => Ok(Caller {
-                        tenant: tenant.clone(),
+                        tenant: Arc::from(tenant.as_str()),
                         role: self.cert_role,
-                        credential: format!("cert:{subject}"),
+                        credential: Arc::from(format!("cert:{subject}")),
                     }),
                     Some(PeerCert::Refused { reason }) => Err(unauthenticated(reason)),
                     None => Err(unauthenticated(
@@ -356,19 +367,15 @@ impl Authenticator {
         {
             if presented.matches(hash) {
                 return Ok(Caller {
-                    tenant: DEFAULT_TENANT.to_owned(),
+                    tenant: Arc::from(DEFAULT_TENANT),
                     role: Role::Admin,
-                    credential: format!("token:{id}"),
+                    credential: Arc::from(format!("token:{id}")),
                 });
             }
             return Err(unauthenticated("unknown or revoked token"));
         }
         match self.token(presented.id).await? {
-            Some(record) if presented.matches(&record.hash) => Ok(Caller {
-                tenant: record.tenant,
-                role: record.role,
-                credential: format!("token:{}", record.id),
-            }),
+            Some((hash, caller)) if presented.matches(&hash) => Ok(caller),
             _ => Err(unauthenticated("unknown or revoked token")),
         }
     }
@@ -393,12 +400,12 @@ fn act_for(caller: Caller, tenant: Option<Result<&str, ()>>) -> Result<Caller, E
             crate::engine::error::shown(named)
         ))
     })?;
-    if named == caller.tenant {
+    if named == &*caller.tenant {
         return Ok(caller);
     }
     if caller.role == Role::Admin {
         return Ok(Caller {
-            tenant: named.to_owned(),
+            tenant: Arc::from(named),
             ..caller
         });
     }
@@ -467,7 +474,7 @@ mod tests {
     }
 
     fn kind(r: Result<Option<Caller>, Error>) -> Result<Option<(String, Role)>, Kind> {
-        r.map(|c| c.map(|c| (c.tenant, c.role)))
+        r.map(|c| c.map(|c| (c.tenant.to_string(), c.role)))
             .map_err(|e| e.kind())
     }
 
