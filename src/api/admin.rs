@@ -77,7 +77,7 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Runs `call` for `rpc` and audits it, naming `subject` (a tenant or a token) as its pool.
+/// Runs `call` for `rpc` and audits it, naming `subject` (a tenant or a token).
 async fn audited<T>(
     request_caller: Result<auth::Caller, Status>,
     rpc: &str,
@@ -86,7 +86,7 @@ async fn audited<T>(
 ) -> Result<Response<T>, Status> {
     let caller = request_caller?;
     let result = call.await;
-    audit::record(&caller, rpc, subject, "", &result);
+    audit::record_admin(&caller, rpc, subject, &result);
     result.map(Response::new)
 }
 
