@@ -148,7 +148,7 @@ impl Authenticator {
             None => None,
         };
         let events = if mode == Mode::Tokens {
-            store.subscribe().await
+            store.subscribe(crate::store::Interest::Directory).await
         } else {
             None
         };

@@ -47,7 +47,7 @@ impl Tenants {
     /// # Errors
     /// The store cannot be read, or a tenant's driver cannot be built.
     pub async fn load(store: Arc<dyn Store>, build: Build) -> Result<Arc<Self>, Error> {
-        let events = store.subscribe().await;
+        let events = store.subscribe(crate::store::Interest::Directory).await;
         let tenants = Arc::new(Self {
             store,
             build,

@@ -102,6 +102,16 @@ pub enum Event {
     Resync,
 }
 
+/// What a subscriber to a store's events hears, besides `Resync`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// Changes of one tenant's subnets (a tenant as stored: `<tenant>+remote:<space>` for a
+    /// remote pool's record).
+    Tenant(String),
+    /// Changes of the directory (tenants, tokens, quotas).
+    Directory,
+}
+
 /// Durable storage of subnets and of the directory of tenants. Every write either happens
 /// whole or not at all.
 #[async_trait]
@@ -188,9 +198,12 @@ pub trait Store: Directory + Send + Sync + 'static {
         None
     }
 
-    /// Starts reporting what other writers do, for a store that several processes share.
-    /// `None` for a store only this process writes.
-    async fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
+    /// Starts reporting what other writers do that `interest` names (and `Resync`), for a
+    /// store that several processes share. `None` for a store only this process writes.
+    async fn subscribe(
+        &self,
+        _interest: Interest,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
         None
     }
 }

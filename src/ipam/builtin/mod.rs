@@ -75,7 +75,9 @@ impl Builtin {
                 .or_insert_with(|| SpaceCache::new(Vec::new()));
         }
         // Subscribed before loading, so nothing committed in between is missed.
-        let events = store.subscribe().await;
+        let events = store
+            .subscribe(store::Interest::Tenant(tenant.to_owned()))
+            .await;
         for SubnetRecord {
             space,
             subnet,

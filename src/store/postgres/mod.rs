@@ -33,7 +33,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
 use super::{
-    Change, Error, Event, Store, SubnetLock, SubnetRecord, from_sql_version, missed,
+    Change, Error, Event, Interest, Store, SubnetLock, SubnetRecord, from_sql_version, missed,
     parse_versions, to_sql_version,
 };
 use crate::engine::{Run, Subnet};
@@ -498,8 +498,8 @@ impl Store for PgStore {
         Some(self.timeout)
     }
 
-    async fn subscribe(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
-        Some(self.events.subscribe(|| {
+    async fn subscribe(&self, interest: Interest) -> Option<mpsc::UnboundedReceiver<Event>> {
+        Some(self.events.subscribe(&interest, || {
             let options = PgConnectOptions::clone(&self.pool.connect_options());
             PgPoolOptions::new()
                 .max_connections(1)

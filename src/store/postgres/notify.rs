@@ -1,13 +1,14 @@
 //! Announcing changes to the other replicas (`NOTIFY`) and hearing theirs (`LISTEN`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use ipnet::IpNet;
 use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
-use crate::store::Event;
+use crate::store::{Event, Interest};
 
 /// The channel every change is announced on; the payload is JSON (see [`notice`]).
 pub(super) const CHANNEL: &str = "allot_subnets";
@@ -46,82 +47,119 @@ pub(super) fn parse_notice(payload: &str) -> Option<Event> {
     })
 }
 
-/// Events one subscriber has not taken yet before it counts as lagging (and gets `Resync`).
-const BACKLOG: usize = 4096;
+/// How often an idle listener checks whether its subscribers are all gone.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+type Tx = mpsc::UnboundedSender<Event>;
+
+/// Who hears what: each tenant's subscribers hear that tenant's subnet changes, the directory's
+/// hear directory changes, and all hear `Resync`. So a change wakes the one driver it concerns,
+/// however many tenants a process serves.
+#[derive(Debug, Default)]
+struct Routes {
+    tenants: HashMap<String, Vec<Tx>>,
+    directory: Vec<Tx>,
+}
+
+impl Routes {
+    fn add(&mut self, interest: &Interest, tx: Tx) {
+        match interest {
+            Interest::Tenant(t) => self.tenants.entry(t.clone()).or_default().push(tx),
+            Interest::Directory => self.directory.push(tx),
+        }
+    }
+
+    /// Sends `event` to whoever hears it, forgetting subscribers that are gone.
+    fn deliver(&mut self, event: &Event) {
+        let send = |list: &mut Vec<Tx>| list.retain(|tx| tx.send(event.clone()).is_ok());
+        match event {
+            Event::Changed { tenant, .. } => {
+                if let Some(list) = self.tenants.get_mut(tenant) {
+                    send(list);
+                    if list.is_empty() {
+                        self.tenants.remove(tenant);
+                    }
+                }
+            }
+            Event::Directory { .. } => send(&mut self.directory),
+            Event::Resync => {
+                self.tenants.values_mut().for_each(send);
+                self.tenants.retain(|_, list| !list.is_empty());
+                send(&mut self.directory);
+            }
+        }
+    }
+
+    /// Forgets subscribers that are gone; tells whether none is left.
+    fn prune(&mut self) -> bool {
+        let open = |list: &mut Vec<Tx>| list.retain(|tx| !tx.is_closed());
+        self.tenants.values_mut().for_each(open);
+        self.tenants.retain(|_, list| !list.is_empty());
+        open(&mut self.directory);
+        self.tenants.is_empty() && self.directory.is_empty()
+    }
+}
 
 /// Every driver of a process that shares a store hears its changes from one `LISTEN`
 /// connection: the first subscriber starts it, later ones join it, and it stops when the last
 /// one is gone (the next subscriber starts it again).
 #[derive(Debug, Default)]
 pub(super) struct Fanout {
-    // Invariant: `Some` exactly while a listener task runs for the channel; the task sets it
-    // back to `None`, under this lock, when it finds no receiver left and stops.
-    listening: Mutex<Option<broadcast::Sender<Event>>>,
+    // Invariant: `Some` exactly while a listener task runs; the task sets it back to `None`,
+    // under this lock, when it finds no subscriber left and stops.
+    listening: Mutex<Option<Routes>>,
 }
 
 impl Fanout {
-    fn lock(&self) -> MutexGuard<'_, Option<broadcast::Sender<Event>>> {
+    fn lock(&self) -> MutexGuard<'_, Option<Routes>> {
         self.listening
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes to the changes announced on [`CHANNEL`], listening on the pool `connect`
-    /// makes (of one connection) if nobody is yet. A subscriber that falls [`BACKLOG`] events
-    /// behind gets `Resync` in their place.
+    /// Subscribes to the changes announced on [`CHANNEL`] that `interest` names, listening on
+    /// the pool `connect` makes (of one connection) if nobody is yet.
     pub(super) fn subscribe(
         self: &Arc<Self>,
+        interest: &Interest,
         connect: impl FnOnce() -> PgPool,
     ) -> mpsc::UnboundedReceiver<Event> {
-        let mut events = {
-            let mut listening = self.lock();
-            match listening.as_ref() {
-                Some(sender) => sender.subscribe(),
-                None => {
-                    let (sender, events) = broadcast::channel(BACKLOG);
-                    tokio::spawn(listen(connect(), sender.clone(), Arc::clone(self)));
-                    *listening = Some(sender);
-                    events
-                }
-            }
-        };
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    () = tx.closed() => return,
-                    event = events.recv() => match event {
-                        Ok(event) => event,
-                        Err(broadcast::error::RecvError::Lagged(_)) => Event::Resync,
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    },
-                };
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        });
+        let mut listening = self.lock();
+        let start = listening.is_none();
+        listening
+            .get_or_insert_with(Routes::default)
+            .add(interest, tx);
+        if start {
+            tokio::spawn(listen(connect(), Arc::clone(self)));
+        }
         rx
     }
 
-    /// Tells the listener of `tx` whether to stop: yes when no receiver is left, and then no
-    /// later subscriber joins it (it starts a listener of its own).
-    fn retire(&self, tx: &broadcast::Sender<Event>) -> bool {
+    /// Delivers `event`; tells whether the listener is to go on (false, and then no later
+    /// subscriber joins it, when none is left).
+    fn deliver(&self, event: Option<&Event>) -> bool {
         let mut listening = self.lock();
-        if tx.receiver_count() > 0 {
+        let Some(routes) = listening.as_mut() else {
             return false;
+        };
+        if let Some(event) = event {
+            routes.deliver(event);
         }
-        if listening.as_ref().is_some_and(|s| s.same_channel(tx)) {
+        if routes.prune() {
             *listening = None;
+            return false;
         }
         true
     }
 }
 
-/// Forwards every change announced on [`CHANNEL`] to `tx` until its receivers are all gone.
-/// After each (re)connection it sends `Resync` first: anything announced while it was not
+/// Forwards every change announced on [`CHANNEL`] to the subscribers of `fanout` until none is
+/// left. After each (re)connection it sends `Resync` first: anything announced while it was not
 /// listening is lost.
-async fn listen(pool: PgPool, tx: broadcast::Sender<Event>, fanout: Arc<Fanout>) {
+async fn listen(pool: PgPool, fanout: Arc<Fanout>) {
+    let mut idle = tokio::time::interval(IDLE_CHECK);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -129,8 +167,8 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Event>, fanout: Arc<Fanout>)
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
-            () = tx.closed() => {
-                if fanout.retire(&tx) {
+            _ = idle.tick() => {
+                if !fanout.deliver(None) {
                     return;
                 }
                 continue;
@@ -144,13 +182,13 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Event>, fanout: Arc<Fanout>)
                 }
             },
         };
-        if tx.send(Event::Resync).is_err() && fanout.retire(&tx) {
+        if !fanout.deliver(Some(&Event::Resync)) {
             return;
         }
         loop {
             let next = tokio::select! {
-                () = tx.closed() => {
-                    if fanout.retire(&tx) {
+                _ = idle.tick() => {
+                    if !fanout.deliver(None) {
                         return;
                     }
                     continue;
@@ -160,8 +198,7 @@ async fn listen(pool: PgPool, tx: broadcast::Sender<Event>, fanout: Arc<Fanout>)
             match next {
                 Ok(Some(n)) => match parse_notice(n.payload()) {
                     Some(event) => {
-                        // Sent to nobody: the last receiver left, or joined a moment ago.
-                        if tx.send(event).is_err() && fanout.retire(&tx) {
+                        if !fanout.deliver(Some(&event)) {
                             return;
                         }
                     }

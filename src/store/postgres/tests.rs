@@ -307,7 +307,10 @@ async fn subscribers_hear_every_change() {
     let db = TestDb::fresh().await;
     let pool = db.pool.clone();
     let s = store(pool);
-    let mut events = s.subscribe().await.expect("postgres reports changes");
+    let mut events = s
+        .subscribe(crate::store::Interest::Tenant("t1".into()))
+        .await
+        .expect("postgres reports changes");
     assert_eq!(events.recv().await, Some(Event::Resync));
     let subnet = Subnet::with_pools(net("10.70.0.0/24"), [None]).expect("pool");
     s.create_subnet("t1", "local", &subnet)
@@ -333,7 +336,10 @@ async fn subscribers_hear_directory_changes() {
     use crate::store::{Directory, Quota};
     let db = TestDb::fresh().await;
     let s = store(db.pool.clone());
-    let mut events = s.subscribe().await.expect("postgres reports changes");
+    let mut events = s
+        .subscribe(crate::store::Interest::Directory)
+        .await
+        .expect("postgres reports changes");
     assert_eq!(events.recv().await, Some(Event::Resync));
     let tenant = || Event::Directory {
         tenant: "acme".into(),
@@ -379,10 +385,18 @@ async fn subscribers_share_one_listening_connection() {
         .expect("activity");
         n
     };
-    let mut a = s.subscribe().await.expect("postgres reports changes");
+    let mut a = s
+        .subscribe(crate::store::Interest::Tenant("t1".into()))
+        .await
+        .expect("postgres reports changes");
     let mut b = s
         .clone()
-        .subscribe()
+        .subscribe(crate::store::Interest::Tenant("t1".into()))
+        .await
+        .expect("postgres reports changes");
+    // A driver of another tenant hears nothing of t1's changes.
+    let mut other = s
+        .subscribe(crate::store::Interest::Tenant("t2".into()))
         .await
         .expect("postgres reports changes");
     // The listener's first words, to whoever had joined by then.
@@ -407,9 +421,28 @@ async fn subscribers_share_one_listening_connection() {
             }
         }
     }
-    assert_eq!(listening().await, 1, "one LISTEN connection for both");
-    drop((a, b));
-    let mut c = s.subscribe().await.expect("postgres reports changes");
+    assert_eq!(listening().await, 1, "one LISTEN connection for all");
+    let theirs = Subnet::with_pools(net("10.74.0.0/24"), [None]).expect("pool");
+    s.create_subnet("t2", "local", &theirs)
+        .await
+        .expect("create");
+    loop {
+        match other.recv().await {
+            Some(Event::Resync) => {}
+            next => {
+                assert!(
+                    matches!(&next, Some(Event::Changed { tenant, .. }) if tenant == "t2"),
+                    "{next:?}"
+                );
+                break;
+            }
+        }
+    }
+    drop((a, b, other));
+    let mut c = s
+        .subscribe(crate::store::Interest::Tenant("t1".into()))
+        .await
+        .expect("postgres reports changes");
     s.delete_subnet("t1", "local", net("10.73.0.0/24"), 1)
         .await
         .expect("delete");
