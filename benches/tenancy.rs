@@ -189,33 +189,47 @@ async fn compare(title: &str, sides: [(&str, &[Client]); 2], ops: &[(&str, Op, &
                 figures[side].push(stats);
             }
         }
-        let ratios: Vec<f64> = figures[0]
-            .iter()
-            .zip(&figures[1])
-            .map(|(a, b)| b.per_s / a.per_s)
-            .collect();
-        for (side, (name, _)) in sides.iter().enumerate() {
+        let latency = |side: usize| {
             let f = &figures[side];
-            println!(
-                "| {title}: {what}, {name} | {:.0} {unit}/s (rounds: {}) | {:.0} µs | {:.0} µs |",
-                median(f.iter().map(|s| s.per_s).collect()),
-                f.iter()
-                    .map(|s| format!("{:.0}", s.per_s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+            format!(
+                "{:.0} µs | {:.0} µs",
                 median(f.iter().map(|s| s.p50.as_secs_f64() * 1e6).collect()),
                 median(f.iter().map(|s| s.p99.as_secs_f64() * 1e6).collect()),
-            );
-        }
-        println!(
-            "| {title}: {what}, {} ÷ {} | {:.3} (median of rounds; range {:.3}–{:.3}) | | |",
-            sides[1].0,
-            sides[0].0,
-            median(ratios.clone()),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
+            )
+        };
+        report(
+            &format!("{title}: {what}"),
+            [sides[0].0, sides[1].0],
+            &[&figures[0], &figures[1]].map(|f| f.iter().map(|s| s.per_s).collect()),
+            unit,
+            &[latency(0), latency(1)],
         );
     }
+}
+
+/// Prints each side's median rate (with every round's) and the median of the per-round ratios
+/// of the second side to the first, with their range.
+fn report(what: &str, names: [&str; 2], rates: &[Vec<f64>; 2], unit: &str, extra: &[String; 2]) {
+    for ((name, rates), extra) in names.iter().zip(rates).zip(extra) {
+        println!(
+            "| {what}, {name} | {:.0} {unit}/s (rounds: {}) | {extra} |",
+            median(rates.clone()),
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    let ratios: Vec<f64> = rates[0].iter().zip(&rates[1]).map(|(a, b)| b / a).collect();
+    println!(
+        "| {what}, {} ÷ {} | {:.3} (median of rounds; range {:.3}–{:.3}) | | |",
+        names[1],
+        names[0],
+        median(ratios.clone()),
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
 }
 
 /// A CA and a server certificate for localhost, made with the real openssl in `dir`.
@@ -443,27 +457,12 @@ fn from_outside(dir: &Path) {
             figures[0].push(h2load(open.1, path, body, None, n));
             figures[1].push(h2load(tokens.1, path, body, Some(&token), n));
         }
-        let ratios: Vec<f64> = figures[0]
-            .iter()
-            .zip(&figures[1])
-            .map(|(a, b)| b / a)
-            .collect();
-        for (side, name) in ["--auth none", "token"].iter().enumerate() {
-            println!(
-                "| h2load, real binary: {what}, {name} | {:.0} req/s (rounds: {}) | | |",
-                median(figures[side].clone()),
-                figures[side]
-                    .iter()
-                    .map(|f| format!("{f:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-        }
-        println!(
-            "| h2load, real binary: {what}, token ÷ --auth none | {:.3} (median of rounds; range {:.3}–{:.3}) | | |",
-            median(ratios.clone()),
-            ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            ratios.iter().copied().fold(0.0, f64::max),
+        report(
+            &format!("h2load, real binary: {what}"),
+            ["--auth none", "token"],
+            &figures,
+            "req",
+            &[" | ".to_owned(), " | ".to_owned()],
         );
     }
 }

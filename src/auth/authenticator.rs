@@ -4,14 +4,12 @@
 //! directory changes here or, as the store announces, on another replica.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-
-use tokio::task::JoinHandle;
 
 use super::{Presented, Role, SecretHash, TokenId};
 use crate::ipam::Error;
-use crate::store::{DEFAULT_TENANT, Event, Quota, Store, TokenRecord};
+use crate::store::{DEFAULT_TENANT, Event, Follower, Quota, Store, TokenRecord};
 
 /// The metadata key naming the tenant an admin acts for.
 pub const TENANT_HEADER: &str = "x-allot-tenant";
@@ -101,7 +99,7 @@ pub struct Authenticator {
     // The caller of every call in `Mode::Open`.
     open: Caller,
     cache: Mutex<Cache>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Follower,
 }
 
 #[derive(Default)]
@@ -163,11 +161,18 @@ impl Authenticator {
                 credential: Arc::from("none"),
             },
             cache: Mutex::default(),
-            watcher: Mutex::default(),
+            watcher: Follower::default(),
         });
+        // Forget cached tokens and quotas as the store announces directory changes (all of
+        // them when announcements may have been missed).
         if let Some(events) = events {
-            let task = tokio::spawn(watch(Arc::downgrade(&auth), events));
-            *auth.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
+            auth.watcher.start(&auth, events, |auth, event| async move {
+                match event {
+                    Event::Directory { tenant } => auth.invalidate(&tenant),
+                    Event::Resync => auth.invalidate_all(),
+                    Event::Changed { .. } => {}
+                }
+            });
         }
         Ok(auth)
     }
@@ -417,33 +422,6 @@ fn act_for(caller: Caller, tenant: Option<Result<&str, ()>>) -> Result<Caller, E
 
 fn invalid_tenant(message: &str) -> Error {
     Error::Invalid(message.to_owned())
-}
-
-impl Drop for Authenticator {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .watcher
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            task.abort();
-        }
-    }
-}
-
-/// Forgets cached tokens as the store announces directory changes (all of them when
-/// announcements may have been missed).
-async fn watch(auth: Weak<Authenticator>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
-    while let Some(event) = events.recv().await {
-        let Some(auth) = auth.upgrade() else {
-            return;
-        };
-        match event {
-            Event::Directory { tenant } => auth.invalidate(&tenant),
-            Event::Resync => auth.invalidate_all(),
-            Event::Changed { .. } => {}
-        }
-    }
 }
 
 #[cfg(test)]

@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
 
 use super::{Error, Ipam};
-use crate::store::{Event, Store};
+use crate::store::{Event, Follower, Store};
 
 /// What builds a tenant's driver.
 pub type Build = Arc<
@@ -37,7 +36,7 @@ pub struct Tenants {
     // is deleted, or when building its driver failed (the next call tries again).
     drivers: Mutex<HashMap<String, Slot>>,
     // The task forgetting tenants other replicas delete, if the store reports them.
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    watcher: Follower,
 }
 
 impl Tenants {
@@ -52,17 +51,26 @@ impl Tenants {
             store,
             build,
             drivers: Mutex::default(),
-            watcher: Mutex::default(),
+            watcher: Follower::default(),
         });
         for tenant in tenants.store.tenants().await? {
             tenants.driver(&tenant.name).await?;
         }
+        // Forget the tenants other replicas delete, as the store announces them.
         if let Some(events) = events {
-            let task = tokio::spawn(watch(Arc::downgrade(&tenants), events));
-            *tenants
+            tenants
                 .watcher
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(task);
+                .start(&tenants, events, |tenants, event| async move {
+                    let only = match &event {
+                        Event::Directory { tenant } => Some(tenant.as_str()),
+                        Event::Resync => None,
+                        Event::Changed { .. } => return,
+                    };
+                    if let Err(e) = tenants.prune(only).await {
+                        // The next announcement or resync tries again.
+                        tracing::warn!(error = %e, "cannot read the directory of tenants");
+                    }
+                });
         }
         Ok(tenants)
     }
@@ -128,36 +136,6 @@ impl Tenants {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Tenants {
-    fn drop(&mut self) {
-        if let Some(task) = self
-            .watcher
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            task.abort();
-        }
-    }
-}
-
-/// Forgets the tenants other replicas delete, as the store announces them.
-async fn watch(tenants: Weak<Tenants>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
-    while let Some(event) = events.recv().await {
-        let Some(tenants) = tenants.upgrade() else {
-            return;
-        };
-        let only = match &event {
-            Event::Directory { tenant } => Some(tenant.as_str()),
-            Event::Resync => None,
-            Event::Changed { .. } => continue,
-        };
-        if let Err(e) = tenants.prune(only).await {
-            // The next announcement or resync tries again.
-            tracing::warn!(error = %e, "cannot read the directory of tenants");
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod directory;
 mod error;
+mod follow;
 mod memory;
 mod migrations;
 mod postgres;
@@ -19,6 +20,7 @@ use crate::engine::{AddrSet, RunDelta, Subnet};
 
 pub use directory::{Directory, Quota, TenantDeletion, TenantRecord, TokenRecord};
 pub use error::{Cause, Error};
+pub use follow::Follower;
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -148,6 +148,23 @@ impl Drop for TempDir {
     }
 }
 
+/// A new admin token in `dir/admin-token`, readable by its owner only (as `allot serve
+/// --admin-token-file` requires): (the token, the file's path).
+pub fn admin_token_file(dir: &Path) -> (String, String) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = allot::auth::issue().expect("random source").token;
+    let path = dir.join("admin-token");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .expect("admin token file");
+    writeln!(f, "{token}").expect("write the token");
+    (token, path.display().to_string())
+}
+
 /// What must outlive a store (its directory, its database).
 pub type Keep = Box<dyn std::any::Any + Send>;
 

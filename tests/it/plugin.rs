@@ -258,17 +258,8 @@ async fn docker_creates_networks_on_allot_and_their_utilization_shows() {
 async fn the_plugin_serves_one_tenant() {
     let dir = TempDir::new("plugin-tenant");
     let socket = dir.0.join("allot.sock");
-    let admin = allot::auth::issue().unwrap().token;
-    let admin_file = dir.0.join("admin-token");
-    std::fs::write(&admin_file, format!("{admin}\n")).unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let (socket_flag, admin_flag) = (
-        socket.display().to_string(),
-        admin_file.display().to_string(),
-    );
+    let (_, admin_flag) = admin_token_file(&dir.0);
+    let socket_flag = socket.display().to_string();
     let server = Server::start_with(
         &dir.db_url(),
         &dir.0,

@@ -804,21 +804,8 @@ async fn fuzzed_metadata_is_refused_cleanly() {
 async fn revocations_and_quotas_reach_every_replica() {
     let db = PgDb::fresh("revoke").await;
     let dir = TempDir::new("revoke");
-    let admin = allot::auth::issue().unwrap().token;
-    let admin_file = dir.0.join("admin-token");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&admin_file)
-            .unwrap();
-        writeln!(f, "{admin}").unwrap();
-    }
-    let flags = ["--admin-token-file", &admin_file.display().to_string()].map(String::from);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (admin, admin_file) = admin_token_file(&dir.0);
+    let flags = ["--admin-token-file", admin_file.as_str()];
     let servers: Vec<Server> = (0..3)
         .map(|_| Server::start_with(&db.url, &dir.0, &flags))
         .collect();

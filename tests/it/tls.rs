@@ -45,20 +45,7 @@ async fn tls_serves_tokens_and_client_certificates() {
     pki.issue("nameless", "Not A Tenant!", false, None);
     let stranger = Pki::new(&dir.0, "stranger");
     stranger.issue("acme", "acme", false, None);
-    let admin_file = dir.0.join("admin-token");
-    let admin = allot::auth::issue().unwrap().token;
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&admin_file)
-            .unwrap();
-        writeln!(f, "{admin}").unwrap();
-    }
-    let admin_file = admin_file.display().to_string();
+    let (admin, admin_file) = admin_token_file(&dir.0);
     let server = Server::start_with(
         &dir.db_url(),
         &dir.0,
