@@ -1,8 +1,8 @@
 //! The directory ([`Directory`](super::Directory)) on SQL: the same statements on SQLite and
 //! PostgreSQL (both take `$n` parameters, `RETURNING` and `ON CONFLICT`), written once as a
 //! macro over the store type. A store provides `pool`, `bounded` (its time limit on an
-//! operation) and `announce` (tells the other replicas, in the transaction, that a tenant's
-//! entries changed).
+//! operation), `announce` (tells the other replicas, in the transaction, that a tenant's
+//! entries changed) and `announce_deleted` (that its subnets are being deleted).
 
 use super::directory::{Quota, TokenRecord};
 use super::{Error, from_sql_version, to_sql_version};
@@ -102,6 +102,8 @@ macro_rules! sql_directory {
                             $crate::store::from_sql_version(pools)?,
                         ));
                     }
+                    // Other replicas drop the subnets from their caches, as for any deletion.
+                    Self::announce_deleted(&mut tx, name).await.map_err(dir_err)?;
                     // A subnet created again continues its versions (see `retired`).
                     for statement in [
                         concat!(

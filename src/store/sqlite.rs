@@ -207,6 +207,14 @@ impl SqliteStore {
     async fn announce(_tx: &mut Transaction<'_, Sqlite>, _tenant: &str) -> Result<(), sqlx::Error> {
         Ok(())
     }
+
+    /// Nothing to tell, as for `announce`.
+    async fn announce_deleted(
+        _tx: &mut Transaction<'_, Sqlite>,
+        _tenant: &str,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
 }
 
 fn dir_err(e: sqlx::Error) -> Error {

@@ -189,6 +189,24 @@ impl PgStore {
             .await
             .map(drop)
     }
+
+    /// Tells the other replicas, when `tx` commits, that every subnet of `tenant` (its remote
+    /// pools' records included) is deleted: what `delete_subnet` announces for one.
+    async fn announce_deleted(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tenant: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(concat!(
+            "SELECT pg_notify($2, json_build_object('tenant', tenant, 'space', space, \
+             'subnet', subnet::text, 'version', 0)::text) FROM subnets WHERE ",
+            super::sql_directory::belongs!()
+        ))
+        .bind(tenant)
+        .bind(CHANNEL)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
 }
 
 fn dir_err(e: sqlx::Error) -> Error {

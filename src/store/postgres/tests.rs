@@ -364,8 +364,28 @@ async fn subscribers_hear_directory_changes() {
     assert_eq!(events.recv().await, Some(tenant()));
     assert!(s.set_quota("acme", &Quota::default()).await.expect("quota"));
     assert_eq!(events.recv().await, Some(tenant()));
-    s.delete_tenant("acme", false).await.expect("delete");
+    // Deleted with its pools: each subnet's deletion is announced to the tenant's drivers.
+    let mut subnets = s
+        .subscribe(crate::store::Interest::Tenant("acme".into()))
+        .await
+        .expect("postgres reports changes");
+    let subnet = Subnet::with_pools(net("10.75.0.0/24"), [None]).expect("pool");
+    s.create_subnet("acme", "local", &subnet)
+        .await
+        .expect("create");
+    assert_eq!(
+        s.delete_tenant("acme", true).await.expect("delete"),
+        crate::store::TenantDeletion::Deleted
+    );
     assert_eq!(events.recv().await, Some(tenant()));
+    let changed = |version| Event::Changed {
+        tenant: "acme".into(),
+        space: "local".into(),
+        subnet: net("10.75.0.0/24"),
+        version,
+    };
+    assert_eq!(subnets.recv().await, Some(changed(1)));
+    assert_eq!(subnets.recv().await, Some(changed(0)));
 }
 
 /// Every subscriber of one store hears every change through one `LISTEN` connection (a
