@@ -49,14 +49,18 @@ if ! prepare_postgres; then
   echo "test.sh: no PostgreSQL reachable at $DATABASE_URL; the Postgres tests will fail" >&2
 fi
 
-# openssl makes the TLS tests' certificates (Debian ships it; install it where it is missing).
-if ! command -v openssl >/dev/null; then
+# openssl makes the TLS tests' certificates; h2load (nghttp2-client) measures the server from
+# outside in the tenancy benchmark's smoke run. Installed where missing, when we can.
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "test.sh: installing openssl" >&2
+    echo "test.sh: installing ${missing[*]}" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "test.sh: openssl is missing and cannot be installed here; the TLS tests will fail" >&2
+    echo "test.sh: ${missing[*]} missing and cannot be installed here" >&2
   fi
 fi
 

@@ -1,10 +1,8 @@
 //! The `allot` binary: parse the command line, run it, report failure as one line.
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = allot::cli::Cli::parse();
+    let cli = allot::cli::Cli::parse_args();
     match allot::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -21,12 +21,7 @@ pub struct Target {
 
     /// The token to call with (`allot_…`); prefer --token-file or ALLOT_TOKEN, which other
     /// users cannot see in the process list.
-    #[arg(
-        long,
-        env = "ALLOT_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "token_file"
-    )]
+    #[arg(long, env = "ALLOT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
     /// A file holding the token to call with.

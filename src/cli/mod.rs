@@ -34,6 +34,35 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Parses the command line (and the environment), or exits saying what is wrong. Of a
+    /// token and a token file, the one given on the command line wins over the other's
+    /// environment variable; both on the command line, or both in the environment, is an error.
+    #[must_use]
+    pub fn parse_args() -> Self {
+        use clap::parser::ValueSource::{CommandLine, EnvVariable};
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().get_matches();
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        match (
+            matches.value_source("token"),
+            matches.value_source("token_file"),
+        ) {
+            (Some(EnvVariable), Some(CommandLine)) => cli.target.token = None,
+            (Some(CommandLine), Some(EnvVariable)) => cli.target.token_file = None,
+            (Some(a), Some(b)) if a == b => Self::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "a token and a token file were both given (--token/ALLOT_TOKEN, \
+                     --token-file/ALLOT_TOKEN_FILE): give one",
+                )
+                .exit(),
+            _ => {}
+        }
+        cli
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC service (SQLite file allot.db in the working directory by default).

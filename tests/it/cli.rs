@@ -328,6 +328,14 @@ async fn an_admin_runs_tenants_with_the_cli() {
         !ok && err.contains("UNAUTHENTICATED: missing credentials"),
         "{err}"
     );
+    // A token on the command line wins over ALLOT_TOKEN_FILE in the environment.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["--server", &addr, "--token", &token, "pool", "list"])
+        .env("ALLOT_TOKEN_FILE", &admin_file)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "local/10.9.0.0/24\n");
     // The admin sees the tenant's pools by naming it, and its own (default) tenant has none.
     let (ok, out, err) = run(as_admin(&["--tenant", "acme", "pool", "list"])).await;
     assert!(ok && out == "local/10.9.0.0/24\n", "{out}{err}");
