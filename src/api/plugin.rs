@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tower_service::Service;
 use tracing::Instrument;
 
+use super::audit;
 use super::conn::Incoming as Connections;
 use crate::engine::{self, AddressRequest, PoolRequest};
 use crate::ipam::protocol::{self as wire, CONTENT_TYPE};
@@ -110,14 +111,33 @@ struct Served {
 }
 
 /// The served tenant's driver, found anew for each call (a tenant deleted meanwhile is
-/// refused as missing).
-struct Driver(Arc<dyn Ipam>);
+/// refused as missing), and the tenant's name.
+struct Driver(Arc<dyn Ipam>, Arc<str>);
 
 impl FromRequestParts<Served> for Driver {
     type Rejection = Reply;
 
-    async fn from_request_parts(_: &mut Parts, served: &Served) -> Result<Self, Reply> {
-        Ok(Self(served.tenants.driver(&served.tenant).await?))
+    async fn from_request_parts(parts: &mut Parts, served: &Served) -> Result<Self, Reply> {
+        match served.tenants.driver(&served.tenant).await {
+            Ok(driver) => Ok(Self(driver, Arc::clone(&served.tenant))),
+            Err(e) => {
+                // A mutation refused before its handler ran is audited here.
+                let path = parts.uri.path();
+                if [
+                    wire::REQUEST_POOL,
+                    wire::RELEASE_POOL,
+                    wire::REQUEST_ADDRESS,
+                    wire::RELEASE_ADDRESS,
+                ]
+                .contains(&path)
+                {
+                    let rpc = path.rsplit('.').next().unwrap_or(path);
+                    let result: Result<(), _> = Err(e.clone());
+                    audit::plugin(&served.tenant, rpc, "", "", &result);
+                }
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -149,7 +169,7 @@ async fn activate() -> Reply {
     })
 }
 
-async fn capabilities(Driver(ipam): Driver) -> Reply {
+async fn capabilities(Driver(ipam, _): Driver) -> Reply {
     let caps = ipam.capabilities();
     Reply::ok(&wire::Capabilities {
         requires_mac_address: caps.requires_mac_address,
@@ -157,7 +177,7 @@ async fn capabilities(Driver(ipam): Driver) -> Reply {
     })
 }
 
-async fn address_spaces(Driver(ipam): Driver) -> Reply {
+async fn address_spaces(Driver(ipam, _): Driver) -> Reply {
     let (local, global) = ipam.default_address_spaces();
     Reply::ok(&wire::AddressSpaces {
         local_default_address_space: local,
@@ -166,15 +186,23 @@ async fn address_spaces(Driver(ipam): Driver) -> Reply {
 }
 
 async fn request_pool(
-    Driver(ipam): Driver,
+    Driver(ipam, tenant): Driver,
     Call(b): Call<wire::RequestPool>,
 ) -> Result<Reply, Reply> {
     for key in b.options.keys() {
         tracing::debug!(key, "docker plugin: ignoring a pool option");
     }
-    engine::id::check_space_name(&b.address_space)?;
-    let req = PoolRequest::parse(&b.pool, &b.sub_pool, b.v6)?;
-    let id = ipam.request_pool(&b.address_space, &req).await?;
+    let result = async {
+        engine::id::check_space_name(&b.address_space)?;
+        let req = PoolRequest::parse(&b.pool, &b.sub_pool, b.v6)?;
+        ipam.request_pool(&b.address_space, &req).await
+    }
+    .await;
+    let pool = result
+        .as_ref()
+        .map_or_else(|_| b.pool.clone(), ToString::to_string);
+    audit::plugin(&tenant, "RequestPool", &pool, "", &result);
+    let id = result?;
     Ok(Reply::ok(&wire::PoolGiven {
         pool_id: id.to_string(),
         pool: id.subnet().to_string(),
@@ -183,29 +211,43 @@ async fn request_pool(
 }
 
 async fn release_pool(
-    Driver(ipam): Driver,
+    Driver(ipam, tenant): Driver,
     Call(b): Call<wire::ReleasePool>,
 ) -> Result<Reply, Reply> {
-    let id = proto::pool_id(&b.pool_id)?;
-    ipam.release_pool(&id).await?;
+    let result = async {
+        let id = proto::pool_id(&b.pool_id)?;
+        ipam.release_pool(&id).await
+    }
+    .await;
+    audit::plugin(&tenant, "ReleasePool", &b.pool_id, "", &result);
+    result?;
     Ok(Reply::ok(&wire::Done {}))
 }
 
 async fn request_address(
-    Driver(ipam): Driver,
+    Driver(ipam, tenant): Driver,
     Call(b): Call<wire::RequestAddress>,
 ) -> Result<Reply, Reply> {
-    let id = proto::pool_id(&b.pool_id)?;
-    let mut req = AddressRequest::parse(&id, &b.address, &b.options)?;
-    // Only the options allot reads itself count, as with Docker's own driver: the others
-    // (an endpoint's MAC address, say) are not passed on.
-    for key in std::mem::take(&mut req.options).keys() {
-        tracing::debug!(key, "docker plugin: ignoring an address option");
+    let result = async {
+        let id = proto::pool_id(&b.pool_id)?;
+        let mut req = AddressRequest::parse(&id, &b.address, &b.options)?;
+        // Only the options allot reads itself count, as with Docker's own driver: the others
+        // (an endpoint's MAC address, say) are not passed on.
+        for key in std::mem::take(&mut req.options).keys() {
+            tracing::debug!(key, "docker plugin: ignoring an address option");
+        }
+        let address = ipam.request_address(&id, &req).await?;
+        if req.gateway {
+            tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
+        }
+        Ok(address)
     }
-    let address = ipam.request_address(&id, &req).await?;
-    if req.gateway {
-        tracing::info!(pool_id = %id, %address, "docker plugin: gateway allocated");
-    }
+    .await;
+    let shown = result
+        .as_ref()
+        .map_or_else(|_| b.address.clone(), ToString::to_string);
+    audit::plugin(&tenant, "RequestAddress", &b.pool_id, &shown, &result);
+    let address = result?;
     Ok(Reply::ok(&wire::AddressGiven {
         address: address.to_string(),
         data: wire::Options::new(),
@@ -213,12 +255,17 @@ async fn request_address(
 }
 
 async fn release_address(
-    Driver(ipam): Driver,
+    Driver(ipam, tenant): Driver,
     Call(b): Call<wire::ReleaseAddress>,
 ) -> Result<Reply, Reply> {
-    let id = proto::pool_id(&b.pool_id)?;
-    let address = engine::request::parse_address(&id, &b.address)?;
-    ipam.release_address(&id, address).await?;
+    let result = async {
+        let id = proto::pool_id(&b.pool_id)?;
+        let address = engine::request::parse_address(&id, &b.address)?;
+        ipam.release_address(&id, address).await
+    }
+    .await;
+    audit::plugin(&tenant, "ReleaseAddress", &b.pool_id, &b.address, &result);
+    result?;
     Ok(Reply::ok(&wire::Done {}))
 }
 

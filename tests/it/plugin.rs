@@ -306,4 +306,19 @@ async fn the_plugin_serves_one_tenant() {
     };
     assert_eq!(listed(Some("docker")), "local/10.33.0.0/24\n");
     assert_eq!(listed(None), "", "not the admin's own tenant's");
+    // The plugin's mutations are in the audit trail, refusals included.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let audit: Vec<String> = server
+        .audit()
+        .into_iter()
+        .filter(|l| l.contains("\"credential\":\"docker-plugin\""))
+        .collect();
+    let seen = |code: &str| {
+        audit.iter().any(|l| {
+            l.contains("\"tenant\":\"docker\"")
+                && l.contains("\"rpc\":\"RequestPool\"")
+                && l.contains(&format!("\"code\":\"{code}\""))
+        })
+    };
+    assert!(seen("NOT_FOUND") && seen("OK"), "{audit:#?}");
 }
