@@ -2,6 +2,7 @@
 //! the reply), owned by one process (an exclusive lock) and readable by its owner only.
 //! Runtime queries only; migrations in `migrations/sqlite/`.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -255,15 +256,29 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        // Every pool of the tenant in one query (one per subnet made a cold start of many
+        // subnets a query each).
+        let mut pools: HashMap<(String, String), Vec<String>> = HashMap::new();
+        let pool_rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT space, subnet, sub_pool FROM pools WHERE tenant = ? \
+             ORDER BY space, subnet, sub_pool",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        for (space, subnet, sub_pool) in pool_rows {
+            pools.entry((space, subnet)).or_default().push(sub_pool);
+        }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let space: String = row.try_get(0).map_err(err)?;
             let subnet: String = row.try_get(1).map_err(err)?;
             let version: i64 = row.try_get(2).map_err(err)?;
             let state: Vec<u8> = row.try_get(3).map_err(err)?;
-            let pools = Self::pools_of(&mut tx, tenant, &space, &subnet)
-                .await
-                .map_err(err)?;
+            let pools = pools
+                .remove(&(space.clone(), subnet.clone()))
+                .unwrap_or_default();
             out.push(SubnetRecord {
                 subnet: decode_subnet(&space, &subnet, &state, &pools)?,
                 version: from_sql_version(version)?,
