@@ -17,6 +17,9 @@ pub const TENANT_HEADER: &str = "x-allot-tenant";
 /// The metadata key of a refusal for going over a tenant's rate: milliseconds to wait.
 pub const RETRY_AFTER_HEADER: &str = "x-allot-retry-after-ms";
 
+/// Longest a token or quota read from the store is used without reading it again.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
 /// Unknown token ids remembered (so that a flood of made-up tokens does not reach the
 /// store each time); the memory is cleared when it fills.
 const MAX_UNKNOWN: usize = 10_000;
@@ -102,16 +105,40 @@ pub struct Authenticator {
     watcher: Follower,
 }
 
-#[derive(Default)]
 struct Cache {
     // A token found: its secret's hash, and who it makes the caller.
     known: HashMap<TokenId, (SecretHash, Caller)>,
     unknown: std::collections::HashSet<TokenId>,
     // Each tenant's quota, as last read.
     quotas: HashMap<String, Quota>,
+    // When the entries above were last all forgotten.
+    since: Instant,
     // Each rate-limited tenant's bucket (kept across invalidations: a quota change keeps
     // what was spent).
     buckets: HashMap<String, Bucket>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            known: HashMap::new(),
+            unknown: std::collections::HashSet::new(),
+            quotas: HashMap::new(),
+            since: Instant::now(),
+            buckets: HashMap::new(),
+        }
+    }
+}
+
+impl Cache {
+    /// Forgets every token and quota read (not what the rate buckets spent).
+    fn forget(&mut self) {
+        let buckets = std::mem::take(&mut self.buckets);
+        *self = Self {
+            buckets,
+            ..Self::default()
+        };
+    }
 }
 
 /// A token bucket: `rate` calls per second, bursts of as many.
@@ -185,7 +212,13 @@ impl Authenticator {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         // Inserts and removes only: a poisoned cache is still consistent.
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        // Announcements make changes take effect at once; this bounds how long one that
+        // never came (a store without them, a notice lost) can leave a revoked token working.
+        if cache.since.elapsed() > CACHE_TTL {
+            cache.forget();
+        }
+        cache
     }
 
     /// Forgets what is cached of `tenant`'s tokens (after a change of the directory), and
@@ -198,12 +231,7 @@ impl Authenticator {
     }
 
     fn invalidate_all(&self) {
-        let mut cache = self.cache();
-        let buckets = std::mem::take(&mut cache.buckets);
-        *cache = Cache {
-            buckets,
-            ..Cache::default()
-        };
+        self.cache().forget();
     }
 
     /// Returns `tenant`'s quota (all zeros, none, for a tenant without one or not found), from
