@@ -9,6 +9,7 @@ pub mod authn;
 pub mod codec;
 pub mod conn;
 pub mod plugin;
+mod quota;
 mod service;
 pub mod status;
 pub mod tls;

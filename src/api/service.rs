@@ -2,13 +2,13 @@
 //! the driver, convert back. One span per RPC, named after it, with the pool id and address as
 //! fields, and one audit line per mutation.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tracing::{Span, field};
 
 use super::audit;
+use super::quota::{Counted, Quotas};
 use super::status::status;
 use crate::auth::{Authenticator, Caller};
 use crate::engine;
@@ -20,34 +20,7 @@ use crate::proto::{self, pb};
 pub struct IpamApi {
     tenants: Arc<Tenants>,
     auth: Arc<Authenticator>,
-    // Pools and addresses being created, per tenant: counted against its quota until they
-    // show in its usage.
-    pending: Arc<Mutex<HashMap<(String, Counted), u64>>>,
-}
-
-/// What a quota counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Counted {
-    Pools,
-    Addresses,
-}
-
-/// A pool or address being created, counted against its tenant's quota until dropped.
-struct Pending {
-    pending: Arc<Mutex<HashMap<(String, Counted), u64>>>,
-    key: (String, Counted),
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = pending.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                pending.remove(&self.key);
-            }
-        }
-    }
+    quotas: Arc<Quotas>,
 }
 
 impl IpamApi {
@@ -56,52 +29,8 @@ impl IpamApi {
         Self {
             tenants,
             auth,
-            pending: Arc::default(),
+            quotas: Arc::default(),
         }
-    }
-
-    /// Checks that the caller's tenant may create one more of `what`, and counts it as being
-    /// created until the returned guard drops. Free for a tenant without that limit.
-    async fn within_quota(
-        &self,
-        caller: &Caller,
-        ipam: &dyn Ipam,
-        what: Counted,
-    ) -> Result<Option<Pending>, Status> {
-        let quota = self
-            .auth
-            .quota(&caller.tenant)
-            .await
-            .map_err(|e| status(&e))?;
-        let (max, noun) = match what {
-            Counted::Pools => (quota.max_pools, "pools"),
-            Counted::Addresses => (quota.max_addresses, "addresses"),
-        };
-        if max == 0 {
-            return Ok(None);
-        }
-        let usage = ipam::usage(ipam).await.map_err(|e| status(&e))?;
-        let used = match what {
-            Counted::Pools => usage.pools,
-            Counted::Addresses => usage.addresses,
-        };
-        let key = (caller.tenant.to_string(), what);
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let being_made = pending.get(&key).copied().unwrap_or(0);
-        if used.saturating_add(being_made) >= max {
-            let tenant = &caller.tenant;
-            return Err(status(&ipam::Error::Refused {
-                kind: ipam::Kind::Exhausted,
-                message: format!(
-                    "tenant {tenant:?} has reached its quota of {max} {noun} ({used} in use)"
-                ),
-            }));
-        }
-        *pending.entry(key.clone()).or_default() += 1;
-        Ok(Some(Pending {
-            pending: Arc::clone(&self.pending),
-            key,
-        }))
     }
 
     /// The caller (as the authentication layer found it) and its tenant's driver.
@@ -162,7 +91,8 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let result = async {
             let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
             let _pending = self
-                .within_quota(&caller, ipam.as_ref(), Counted::Pools)
+                .quotas
+                .admit(&self.auth, &caller, ipam.as_ref(), Counted::Pools)
                 .await?;
             let id = ipam
                 .request_pool(&space, &req)
@@ -231,7 +161,8 @@ impl pb::ipam_service_server::IpamService for IpamApi {
             let req =
                 engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
             let _pending = self
-                .within_quota(&caller, ipam.as_ref(), Counted::Addresses)
+                .quotas
+                .admit(&self.auth, &caller, ipam.as_ref(), Counted::Addresses)
                 .await?;
             let address = ipam
                 .request_address(&id, &req)
