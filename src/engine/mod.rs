@@ -12,6 +12,7 @@ pub mod bitmap;
 mod codec;
 pub mod error;
 pub mod id;
+pub mod owners;
 pub mod plan;
 pub mod request;
 pub mod subnet;
