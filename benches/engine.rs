@@ -26,12 +26,16 @@ const LOWEST: AddressRequest = AddressRequest {
     serial: false,
     gateway: false,
     options: Options::new(),
+    owner: None,
+    at_ms: 0,
 };
 const SERIAL: AddressRequest = AddressRequest {
     address: None,
     serial: true,
     gateway: false,
     options: Options::new(),
+    owner: None,
+    at_ms: 0,
 };
 
 fn at(address: IpAddr) -> AddressRequest {

@@ -51,6 +51,18 @@ pub enum Error {
         address: IpAddr,
         what: &'static str,
     },
+    #[error(
+        "address {address} of pool {pool_id} is held {}, not by {}",
+        match &holders.1 { Some(h) => format!("by {h}"), None => "without an owner".to_owned() },
+        holders.0
+    )]
+    NotHolder {
+        pool_id: String,
+        address: IpAddr,
+        /// The owner that asked, and the one that holds the address (if any). Boxed: kept
+        /// small, the error travels in every `Result` of the engine.
+        holders: Box<(String, Option<String>)>,
+    },
     #[error("no free {wanted} subnet left in the default address pools of address space {space}")]
     NoMoreSubnets { space: String, wanted: String },
     #[error("corrupt encoded subnet state: {reason}")]
@@ -89,7 +101,7 @@ impl Error {
             Self::PoolNotFound { .. } => ErrorKind::NotFound,
             Self::Overlap { .. } | Self::AddressInUse { .. } => ErrorKind::AlreadyExists,
             Self::Exhausted { .. } | Self::NoMoreSubnets { .. } => ErrorKind::Exhausted,
-            Self::ReservedAddress { .. } => ErrorKind::FailedPrecondition,
+            Self::ReservedAddress { .. } | Self::NotHolder { .. } => ErrorKind::FailedPrecondition,
             Self::Corrupt { .. } => ErrorKind::Internal,
         }
     }

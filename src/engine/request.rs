@@ -121,6 +121,12 @@ pub struct AddressRequest {
     /// Options beyond the ones allot reads itself, for the driver (e.g. an endpoint's MAC
     /// address); a driver that takes none refuses any.
     pub options: Options,
+    /// Who will hold the address: the same owner asking the same pool again gets the address
+    /// it holds there back, not a second one.
+    pub owner: Option<super::owners::Owner>,
+    /// When the request was made (Unix milliseconds, stamped by the driver): the holder's
+    /// `since` when it is owned.
+    pub at_ms: u64,
 }
 
 /// Options for a driver, beyond the ones allot reads itself (Docker's `Options` maps).

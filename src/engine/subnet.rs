@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use super::addrset::{AddrSet, OrdRange};
 use super::error::Error;
 use super::id::{PoolId, check_sub_pool};
+use super::owners::{Holder, Owner, Owners};
 use super::request::AddressRequest;
 
 /// How full a pool is. Exact 128-bit counts; see [`saturating_u64`] for the API boundary.
@@ -61,6 +62,16 @@ pub struct Subnet {
     // Invariant: the outermost pool ranges (their union, as disjoint ranges in order), each
     // with the number of its addresses in use.
     union: Vec<Tally>,
+    // Invariant: every ordinal held is in use in `addrs`.
+    owners: Owners,
+}
+
+/// An address handed out: fresh, or the one its owner already held in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub address: IpAddr,
+    /// Whether the subnet changed (false: the owner's address, given back).
+    pub fresh: bool,
 }
 
 /// A range and how many of its addresses are in use.
@@ -130,12 +141,39 @@ impl Subnet {
             pools: BTreeMap::new(),
             n_allocated,
             union: Vec::new(),
+            owners: Owners::default(),
         };
         for sub_pool in pools {
             check_sub_pool(subnet.net(), sub_pool)?;
             subnet.insert_pool(sub_pool);
         }
         Ok(subnet)
+    }
+
+    /// Adds the holders a store kept.
+    ///
+    /// # Errors
+    /// `Corrupt` when one holds an address that is not in use.
+    pub fn with_owners(mut self, owners: Owners) -> Result<Self, Error> {
+        let bitmap = self.addrs.bitmap();
+        let whole = self.addrs.range(None);
+        if owners
+            .in_range(whole)
+            .any(|(ordinal, _)| !bitmap.contains(ordinal))
+            || owners.len() != owners.in_range(whole).count()
+        {
+            return Err(Error::Corrupt {
+                reason: "an owner holds an address that is not in use",
+            });
+        }
+        self.owners = owners;
+        Ok(self)
+    }
+
+    /// Returns who holds which address.
+    #[must_use]
+    pub fn owners(&self) -> &Owners {
+        &self.owners
     }
 
     /// Returns the subnet's prefix.
@@ -152,6 +190,7 @@ impl Subnet {
             + self.addrs.heap_bytes()
             + self.pools.len() * size_of::<(Option<IpNet>, Tally)>()
             + self.union.capacity() * size_of::<Tally>()
+            + self.owners.heap_bytes()
     }
 
     /// Returns the address set (read-only: stores persist it).
@@ -285,7 +324,33 @@ impl Subnet {
     /// `PoolNotFound`; for a given address `OutOfRange` (not in the subnet) or `AddressInUse`
     /// (taken or reserved); otherwise `Exhausted` when the pool's range has no free address.
     pub fn allocate(&mut self, id: &PoolId, req: &AddressRequest) -> Result<IpAddr, Error> {
+        self.request(id, req).map(|a| a.address)
+    }
+
+    /// Allocates an address in pool `id` of this subnet, as [`Subnet::allocate`], saying
+    /// whether anything changed: an owner asking the pool again while it holds an address
+    /// there (in the pool's range; the very one, when it names an address) gets that address
+    /// back, and the subnet is unchanged.
+    ///
+    /// # Errors
+    /// As [`Subnet::allocate`].
+    pub fn request(&mut self, id: &PoolId, req: &AddressRequest) -> Result<Allocation, Error> {
         self.check_pool(id)?;
+        if let Some(owner) = &req.owner {
+            let held = match req.address {
+                None => self.owners.held_in(owner, self.addrs.range(id.sub_pool())),
+                Some(address) => self
+                    .addrs
+                    .ordinal(address)
+                    .filter(|&o| self.owners.holder(o).is_some_and(|h| &h.owner == owner)),
+            };
+            if let Some(ordinal) = held {
+                return Ok(Allocation {
+                    address: self.addrs.addr(ordinal),
+                    fresh: false,
+                });
+            }
+        }
         let address = match req.address {
             Some(address) => match self.addrs.insert(address) {
                 Some(true) => address,
@@ -307,7 +372,17 @@ impl Subnet {
             }
         };
         self.tally(address, true);
-        Ok(address)
+        if let (Some(owner), Some(ordinal)) = (&req.owner, self.addrs.ordinal(address)) {
+            let holder = Holder {
+                owner: owner.clone(),
+                since_ms: req.at_ms,
+            };
+            self.owners.insert(ordinal, holder);
+        }
+        Ok(Allocation {
+            address,
+            fresh: true,
+        })
     }
 
     /// Releases `address` in pool `id`; releasing a free address succeeds (idempotent).
@@ -317,7 +392,33 @@ impl Subnet {
     /// `PoolNotFound`, `OutOfRange`, or `ReservedAddress` for the network, broadcast or anycast
     /// address (libnetwork silently un-reserves those; allot refuses).
     pub fn release(&mut self, id: &PoolId, address: IpAddr) -> Result<bool, Error> {
+        self.release_by(id, address, None)
+    }
+
+    /// Releases `address` in pool `id`, as [`Subnet::release`]; when `owner` is given, the
+    /// address must be that owner's (a free address is released by anyone).
+    ///
+    /// # Errors
+    /// As [`Subnet::release`], and `NotHolder` naming who holds it.
+    pub fn release_by(
+        &mut self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<bool, Error> {
         self.check_pool(id)?;
+        if let (Some(owner), Some(ordinal)) = (owner, self.addrs.ordinal(address))
+            && self.addrs.bitmap().contains(ordinal)
+        {
+            let holder = self.owners.holder(ordinal).map(|h| &h.owner);
+            if holder != Some(owner) {
+                return Err(Error::NotHolder {
+                    pool_id: id.to_string(),
+                    address,
+                    holders: Box::new((owner.to_string(), holder.map(ToString::to_string))),
+                });
+            }
+        }
         if let Some(&(_, what)) = reserved_addresses(self.net())
             .iter()
             .find(|(a, _)| *a == address)
@@ -331,6 +432,9 @@ impl Subnet {
         match self.addrs.remove(address) {
             Some(true) => {
                 self.tally(address, false);
+                if let Some(ordinal) = self.addrs.ordinal(address) {
+                    self.owners.remove(ordinal);
+                }
                 Ok(true)
             }
             Some(false) => Ok(false),

@@ -572,3 +572,146 @@ fn prefixes_have_one_spelling() {
     let mapped = PoolRequest::parse("::ffff:10.0.0.0/120", "", true);
     assert_eq!(mapped.map_err(|e| e.kind()), Err(ErrorKind::Invalid));
 }
+
+mod owners {
+    //! Owned allocations: an owner asking a pool again gets what it holds there; releases
+    //! that name an owner must name the holder.
+
+    use crate::engine::owners::Owner;
+    use crate::engine::subnet::Allocation;
+    use crate::engine::{AddressRequest, Error, PoolId, Subnet};
+
+    fn owned(owner: &str, address: Option<&str>) -> AddressRequest {
+        AddressRequest {
+            address: address.map(|a| a.parse().unwrap()),
+            owner: Some(Owner::new(owner).unwrap()),
+            at_ms: 1_000,
+            ..AddressRequest::default()
+        }
+    }
+
+    fn fresh(address: &str) -> Allocation {
+        Allocation {
+            address: address.parse().unwrap(),
+            fresh: true,
+        }
+    }
+
+    fn again(address: &str) -> Allocation {
+        Allocation {
+            address: address.parse().unwrap(),
+            fresh: false,
+        }
+    }
+
+    #[test]
+    fn an_owner_asking_again_gets_its_address_back() {
+        let id: PoolId = "local/10.0.0.0/24".parse().unwrap();
+        let range: PoolId = "local/10.0.0.0/24/10.0.0.128/25".parse().unwrap();
+        let mut s = Subnet::with_pools(id.subnet(), [None, range.sub_pool()]).unwrap();
+        assert_eq!(
+            s.request(&id, &owned("c1/eth0", None)),
+            Ok(fresh("10.0.0.1"))
+        );
+        let before = s.clone();
+        // A retry: the same address, nothing changed.
+        assert_eq!(
+            s.request(&id, &owned("c1/eth0", None)),
+            Ok(again("10.0.0.1"))
+        );
+        assert_eq!(s, before);
+        // Another owner, or none: a second address.
+        assert_eq!(
+            s.request(&id, &owned("c2/eth0", None)),
+            Ok(fresh("10.0.0.2"))
+        );
+        assert_eq!(
+            s.allocate(&id, &AddressRequest::default()),
+            Ok("10.0.0.3".parse().unwrap())
+        );
+        // The same owner in the sub-pool: its address there (none yet), then that one.
+        assert_eq!(
+            s.request(&range, &owned("c1/eth0", None)),
+            Ok(fresh("10.0.0.128"))
+        );
+        assert_eq!(
+            s.request(&range, &owned("c1/eth0", None)),
+            Ok(again("10.0.0.128"))
+        );
+        // More addresses only by name; naming one it holds is a retry too.
+        assert_eq!(
+            s.request(&id, &owned("c1/eth0", Some("10.0.0.9"))),
+            Ok(fresh("10.0.0.9"))
+        );
+        assert_eq!(
+            s.request(&id, &owned("c1/eth0", Some("10.0.0.9"))),
+            Ok(again("10.0.0.9"))
+        );
+        assert!(matches!(
+            s.request(&id, &owned("c1/eth0", Some("10.0.0.2"))),
+            Err(Error::AddressInUse { .. })
+        ));
+        let holder = |s: &Subnet, a: &str| {
+            let o = s.addrs().ordinal(a.parse().unwrap()).unwrap();
+            s.owners()
+                .holder(o)
+                .map(|h| (h.owner.to_string(), h.since_ms))
+        };
+        assert_eq!(holder(&s, "10.0.0.1"), Some(("c1/eth0".into(), 1_000)));
+        assert_eq!(holder(&s, "10.0.0.3"), None, "unowned");
+    }
+
+    #[test]
+    fn a_release_naming_an_owner_must_name_the_holder() {
+        let id: PoolId = "local/10.0.0.0/24".parse().unwrap();
+        let mut s = Subnet::create(&id).unwrap();
+        let a = s.allocate(&id, &owned("c1/eth0", None)).unwrap();
+        let b = s.allocate(&id, &AddressRequest::default()).unwrap();
+        let c1 = Owner::new("c1/eth0").unwrap();
+        let c2 = Owner::new("c2/eth0").unwrap();
+        let refused = s.release_by(&id, a, Some(&c2)).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "address 10.0.0.1 of pool local/10.0.0.0/24 is held by c1/eth0, not by c2/eth0"
+        );
+        assert_eq!(refused.kind(), crate::engine::ErrorKind::FailedPrecondition);
+        let unowned = s.release_by(&id, b, Some(&c1)).unwrap_err();
+        assert!(
+            unowned.to_string().contains("held without an owner"),
+            "{unowned}"
+        );
+        assert_eq!(s.release_by(&id, a, Some(&c1)), Ok(true));
+        assert!(s.owners().is_empty());
+        // Free: released by anyone, nothing changes.
+        assert_eq!(s.release_by(&id, a, Some(&c2)), Ok(false));
+        // Without an owner, as before: anyone releases anything.
+        assert_eq!(s.release(&id, b), Ok(true));
+    }
+
+    #[test]
+    fn stored_owners_must_hold_addresses_in_use() {
+        use crate::engine::owners::{Holder, Owners};
+        let id: PoolId = "local/10.0.0.0/24".parse().unwrap();
+        let mut s = Subnet::create(&id).unwrap();
+        s.allocate(&id, &owned("c1/eth0", None)).unwrap();
+        let held = |ordinal| {
+            Owners::from_rows([(
+                ordinal,
+                Holder {
+                    owner: Owner::new("x").unwrap(),
+                    since_ms: 0,
+                },
+            )])
+        };
+        let plain = Subnet::from_parts(s.addrs().clone(), [None]).unwrap();
+        assert!(plain.clone().with_owners(held(1)).is_ok());
+        assert!(matches!(
+            plain.clone().with_owners(held(7)),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            plain.with_owners(held(300)),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+}

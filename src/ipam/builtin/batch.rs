@@ -77,12 +77,15 @@ impl Job {
         };
         match &mut self.op {
             Op::Allocate(req, answer) => {
-                let result = subnet.allocate(id, req);
-                if let Ok(address) = result {
-                    touched(subnet, address);
+                let result = subnet.request(id, req);
+                // An owner's address given back changes nothing.
+                let changed = matches!(result, Ok(a) if a.fresh);
+                if let Ok(a) = result
+                    && a.fresh
+                {
+                    touched(subnet, a.address);
                 }
-                let changed = result.is_ok();
-                answer.keep(result.map_err(Error::Engine));
+                answer.keep(result.map(|a| a.address).map_err(Error::Engine));
                 changed
             }
             Op::Release(address, answer) => {
