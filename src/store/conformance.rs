@@ -354,6 +354,80 @@ pub async fn keeps_tenants_apart<S: Store>(store: &S) {
     assert!(store.load("t2").await.expect("load").is_empty());
 }
 
+/// The one subnet of tenant t1, loaded both ways (which must agree).
+async fn loaded<S: Store>(store: &S) -> Subnet {
+    let one = store
+        .load_subnet("t1", "local", net("10.9.0.0/24"))
+        .await
+        .expect("load one")
+        .expect("stored");
+    let all = store.load("t1").await.expect("load");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].subnet, one.subnet, "both loads agree");
+    one.subnet
+}
+
+/// Owners are kept: written with their subnet and with each change (an owned allocation, a
+/// release), read back by both loads, and gone with the subnet.
+pub async fn keeps_owners<S: Store>(store: &S) {
+    use crate::engine::owners::Owner;
+    let id: PoolId = "local/10.9.0.0/24".parse().expect("pool id");
+    let owned = |owner: &str, at_ms| AddressRequest {
+        owner: Some(Owner::new(owner).expect("owner")),
+        at_ms,
+        ..AddressRequest::default()
+    };
+    let mut s0 = Subnet::create(&id).expect("subnet");
+    s0.allocate(&id, &owned("c0/eth0", 1_700_000_000_000))
+        .expect("room");
+    let v = store
+        .create_subnet("t1", "local", &s0)
+        .await
+        .expect("create");
+    assert_eq!(loaded(store).await, s0, "created with its owner");
+    // An owned allocation, an unowned one, and a release of the first owner's address.
+    let mut s1 = s0.clone();
+    let a = s1
+        .allocate(&id, &owned("c1/eth0", 1_700_000_000_001))
+        .expect("room");
+    s1.allocate(&id, &AddressRequest::default()).expect("room");
+    let first = s1.allocate(&id, &owned("c0/eth0", 0)).expect("held");
+    s1.release(&id, first).expect("release");
+    let blocks = vec![0];
+    let change = Change {
+        before: &s0,
+        after: &s1,
+        blocks: &blocks,
+    };
+    assert_eq!(change.owner_rows().len(), 2, "one new holder, one gone");
+    store
+        .update_subnet("t1", "local", &change, v + 1)
+        .await
+        .expect("update");
+    let back = loaded(store).await;
+    assert_eq!(back, s1);
+    let holder = back
+        .owners()
+        .holder(back.addrs().ordinal(a).expect("in subnet"))
+        .expect("held");
+    assert_eq!(
+        (holder.owner.as_str(), holder.since_ms),
+        ("c1/eth0", 1_700_000_000_001)
+    );
+    assert_eq!(back.owners().len(), 1);
+    // Gone with the subnet: created again, it has none.
+    store
+        .delete_subnet("t1", "local", net("10.9.0.0/24"), v + 1)
+        .await
+        .expect("delete");
+    let fresh = Subnet::create(&id).expect("subnet");
+    store
+        .create_subnet("t1", "local", &fresh)
+        .await
+        .expect("create again");
+    assert!(loaded(store).await.owners().is_empty());
+}
+
 fn token(tenant: &str, role: crate::auth::Role) -> super::TokenRecord {
     let issued = crate::auth::issue().expect("random source");
     super::TokenRecord {
@@ -530,6 +604,7 @@ macro_rules! conformance_tests {
             reports_one_version,
             records_remote_pools,
             keeps_a_directory,
+            keeps_owners,
         );
     };
     (#[$attr:meta] $params:tt => $fresh:expr; $($check:ident),+ $(,)?) => {

@@ -8,14 +8,17 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::directory::{Directory, Quota, TenantDeletion, TenantRecord, TokenRecord, belongs_to};
-use super::{Change, Error, Store, SubnetRecord, decode_subnet, pool_key};
+use super::{
+    Change, Error, OwnerRow, Store, SubnetRecord, decode_subnet, owner_rows_of, pool_key,
+    with_owner_rows,
+};
 use crate::auth::TokenId;
 use crate::engine::Subnet;
 
 type Key = (String, String, String);
 
-/// A stored subnet: version, encoded state, pool keys.
-type Row = (u64, Vec<u8>, Vec<String>);
+/// A stored subnet: version, encoded state, pool keys, owner rows.
+type Row = (u64, Vec<u8>, Vec<String>, Vec<(String, OwnerRow)>);
 
 /// Subnets in a map, lost when the process exits.
 #[derive(Debug)]
@@ -86,13 +89,19 @@ fn row(subnet: &Subnet, version: u64) -> Row {
         version,
         subnet.addrs().encode(),
         subnet.pools().map(pool_key).collect(),
+        owner_rows_of(subnet),
     )
 }
 
-fn record(space: &str, subnet: &str, (version, state, pools): &Row) -> Result<SubnetRecord, Error> {
+fn record(
+    space: &str,
+    subnet: &str,
+    (version, state, pools, owners): &Row,
+) -> Result<SubnetRecord, Error> {
+    let decoded = decode_subnet(space, subnet, state, pools)?;
     Ok(SubnetRecord {
         space: space.to_owned(),
-        subnet: decode_subnet(space, subnet, state, pools)?,
+        subnet: with_owner_rows(space, decoded, owners.clone())?,
         version: *version,
     })
 }
@@ -235,7 +244,7 @@ impl Store for MemoryStore {
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let mut out = Vec::new();
-        for ((t, space, subnet), (version, _, _)) in self.rows().iter() {
+        for ((t, space, subnet), (version, ..)) in self.rows().iter() {
             if t == tenant {
                 let net = subnet
                     .parse()
@@ -267,13 +276,13 @@ impl Directory for MemoryStore {
         let pools: usize = rows
             .iter()
             .filter(|((t, _, _), _)| belongs_to(t, name))
-            .map(|(_, (_, _, pools))| pools.len())
+            .map(|(_, (_, _, pools, _))| pools.len())
             .sum();
         if pools > 0 && !force {
             return Ok(TenantDeletion::HoldsPools(pools as u64));
         }
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
-        rows.retain(|k, (version, _, _)| {
+        rows.retain(|k, (version, ..)| {
             let keep = !belongs_to(&k.0, name);
             if !keep {
                 retired.insert(k.clone(), *version);

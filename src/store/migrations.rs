@@ -24,14 +24,16 @@ macro_rules! files {
 /// The PostgreSQL schema.
 pub static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(files!(
-        "postgres": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql"
+        "postgres": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql",
+        "0005_owners.sql"
     ))
 });
 
 /// The SQLite schema.
 pub static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(files!(
-        "sqlite": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql"
+        "sqlite": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql",
+        "0005_owners.sql"
     ))
 });
 

@@ -16,6 +16,7 @@ mod sqlite;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::engine::owners::{Holder, Owner, Owners};
 use crate::engine::{AddrSet, RunDelta, Subnet};
 
 pub use directory::{Directory, Quota, TenantDeletion, TenantRecord, TokenRecord};
@@ -73,6 +74,94 @@ impl Change<'_> {
     pub fn pools_changed(&self) -> bool {
         !self.before.pools().eq(self.after.pools())
     }
+
+    /// Returns the owner rows to write: each address whose holder changed, as an owner row
+    /// (`None`: no longer held). Holders change only where bits do, so only the changed blocks
+    /// are compared: nothing to write for allocations without an owner.
+    #[must_use]
+    pub fn owner_rows(&self) -> Vec<(String, Option<OwnerRow>)> {
+        let (before, after) = (self.before.owners(), self.after.owners());
+        if before.is_empty() && after.is_empty() {
+            return Vec::new();
+        }
+        let last = self.after.addrs().bitmap().last();
+        let mut out = Vec::new();
+        for &block in self.blocks {
+            let (first, end) = crate::engine::block_span(block);
+            let range = crate::engine::OrdRange {
+                first,
+                last: end.min(last),
+            };
+            for (ordinal, holder) in Owners::changes(before, after, range) {
+                let address = self.after.addrs().addr(ordinal).to_string();
+                out.push((address, holder.map(|h| OwnerRow::of(&h))));
+            }
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+}
+
+/// An owner as a store keeps it: the owner's name and since when (Unix milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRow {
+    pub owner: String,
+    pub since_ms: i64,
+}
+
+impl OwnerRow {
+    fn of(holder: &Holder) -> Self {
+        Self {
+            owner: holder.owner.to_string(),
+            since_ms: i64::try_from(holder.since_ms).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// Every owner row of `subnet`, as a new subnet's are written.
+fn owner_rows_of(subnet: &Subnet) -> Vec<(String, OwnerRow)> {
+    subnet
+        .owners()
+        .in_range(subnet.addrs().range(None))
+        .map(|(ordinal, h)| (subnet.addrs().addr(ordinal).to_string(), OwnerRow::of(h)))
+        .collect()
+}
+
+/// Adds stored owner rows (address, owner, since) to a decoded subnet, checking them.
+fn with_owner_rows(
+    space: &str,
+    subnet: Subnet,
+    rows: Vec<(String, OwnerRow)>,
+) -> Result<Subnet, Error> {
+    if rows.is_empty() {
+        return Ok(subnet);
+    }
+    let net = subnet.net();
+    let corrupt = |reason| Error::Corrupt {
+        space: space.to_owned(),
+        subnet: net.to_string(),
+        source: crate::engine::Error::Corrupt { reason },
+    };
+    let mut holders = Vec::with_capacity(rows.len());
+    for (address, row) in rows {
+        let ordinal = address
+            .parse()
+            .ok()
+            .and_then(|a| subnet.addrs().ordinal(a))
+            .ok_or_else(|| corrupt("stored owner's address is not in its subnet"))?;
+        let owner = Owner::new(&row.owner).map_err(|_| corrupt("stored owner is malformed"))?;
+        let since_ms =
+            u64::try_from(row.since_ms).map_err(|_| corrupt("stored owner's time is negative"))?;
+        holders.push((ordinal, Holder { owner, since_ms }));
+    }
+    subnet
+        .with_owners(Owners::from_rows(holders))
+        .map_err(|source| Error::Corrupt {
+            space: space.to_owned(),
+            subnet: net.to_string(),
+            source,
+        })
 }
 
 /// A subnet locked for writing by [`Store::lock_subnet`]; dropping it releases the lock.

@@ -18,8 +18,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Change, Error, Store, SubnetRecord, decode_subnet, from_sql_version, missed, parse_versions,
-    pool_key, to_sql_version,
+    Change, Error, OwnerRow, Store, SubnetRecord, decode_subnet, from_sql_version, missed,
+    owner_rows_of, parse_versions, pool_key, to_sql_version, with_owner_rows,
 };
 use crate::engine::Subnet;
 
@@ -169,6 +169,68 @@ impl SqliteStore {
         .collect()
     }
 
+    /// Writes owner rows: each address's holder, or none (`None`: the row is deleted).
+    async fn write_owners(
+        tx: &mut Transaction<'_, Sqlite>,
+        tenant: &str,
+        space: &str,
+        subnet: &str,
+        rows: Vec<(String, Option<OwnerRow>)>,
+    ) -> Result<(), sqlx::Error> {
+        for (address, row) in rows {
+            match row {
+                None => sqlx::query(
+                    "DELETE FROM owners \
+                     WHERE tenant = ? AND space = ? AND subnet = ? AND address = ?",
+                )
+                .bind(tenant)
+                .bind(space)
+                .bind(subnet)
+                .bind(address),
+                Some(row) => sqlx::query(
+                    "INSERT INTO owners (tenant, space, subnet, address, owner, since_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (tenant, space, subnet, address) \
+                     DO UPDATE SET owner = excluded.owner, since_ms = excluded.since_ms",
+                )
+                .bind(tenant)
+                .bind(space)
+                .bind(subnet)
+                .bind(address)
+                .bind(row.owner)
+                .bind(row.since_ms),
+            }
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads owner rows (of one subnet, when `key` names it), keyed by (space, subnet).
+    async fn owners_of(
+        tx: &mut Transaction<'_, Sqlite>,
+        tenant: &str,
+        key: Option<(&str, &str)>,
+    ) -> Result<HashMap<(String, String), Vec<(String, OwnerRow)>>, sqlx::Error> {
+        let (space, subnet) = key.unzip();
+        let rows: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT space, subnet, address, owner, since_ms FROM owners WHERE tenant = ?1 \
+             AND (?2 IS NULL OR (space = ?2 AND subnet = ?3))",
+        )
+        .bind(tenant)
+        .bind(space)
+        .bind(subnet)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut out: HashMap<(String, String), Vec<(String, OwnerRow)>> = HashMap::new();
+        for (space, subnet, address, owner, since_ms) in rows {
+            out.entry((space, subnet))
+                .or_default()
+                .push((address, OwnerRow { owner, since_ms }));
+        }
+        Ok(out)
+    }
+
     async fn write_pools(
         tx: &mut Transaction<'_, Sqlite>,
         tenant: &str,
@@ -270,17 +332,19 @@ impl Store for SqliteStore {
         for (space, subnet, sub_pool) in pool_rows {
             pools.entry((space, subnet)).or_default().push(sub_pool);
         }
+        let mut owners = Self::owners_of(&mut tx, tenant, None).await.map_err(err)?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let space: String = row.try_get(0).map_err(err)?;
             let subnet: String = row.try_get(1).map_err(err)?;
             let version: i64 = row.try_get(2).map_err(err)?;
             let state: Vec<u8> = row.try_get(3).map_err(err)?;
-            let pools = pools
-                .remove(&(space.clone(), subnet.clone()))
-                .unwrap_or_default();
+            let key = (space.clone(), subnet.clone());
+            let pools = pools.remove(&key).unwrap_or_default();
+            let decoded = decode_subnet(&space, &subnet, &state, &pools)?;
+            let owned = owners.remove(&key).unwrap_or_default();
             out.push(SubnetRecord {
-                subnet: decode_subnet(&space, &subnet, &state, &pools)?,
+                subnet: with_owner_rows(&space, decoded, owned)?,
                 version: from_sql_version(version)?,
                 space,
             });
@@ -313,10 +377,17 @@ impl Store for SqliteStore {
         let pools = Self::pools_of(&mut tx, tenant, space, &subnet)
             .await
             .map_err(err)?;
+        let owned = Self::owners_of(&mut tx, tenant, Some((space, &subnet)))
+            .await
+            .map_err(err)?
+            .into_values()
+            .next()
+            .unwrap_or_default();
         tx.commit().await.map_err(err)?;
+        let decoded = decode_subnet(space, &subnet, &state, &pools)?;
         Ok(Some(SubnetRecord {
             space: space.to_owned(),
-            subnet: decode_subnet(space, &subnet, &state, &pools)?,
+            subnet: with_owner_rows(space, decoded, owned)?,
             version: from_sql_version(version)?,
         }))
     }
@@ -344,6 +415,13 @@ impl Store for SqliteStore {
         .await
         .map_err(err)?;
         Self::write_pools(&mut tx, tenant, space, subnet)
+            .await
+            .map_err(err)?;
+        let owned = owner_rows_of(subnet)
+            .into_iter()
+            .map(|(address, row)| (address, Some(row)))
+            .collect();
+        Self::write_owners(&mut tx, tenant, space, &net, owned)
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)?;
@@ -392,6 +470,9 @@ impl Store for SqliteStore {
                 Error::NotFound { space, subnet }
             });
         }
+        Self::write_owners(&mut tx, tenant, space, &net, change.owner_rows())
+            .await
+            .map_err(err)?;
         if change.pools_changed() {
             Self::write_pools(&mut tx, tenant, space, subnet)
                 .await

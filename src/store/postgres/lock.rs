@@ -7,7 +7,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::error::map_err;
 use super::timed;
-use super::write::{write_change, write_pools};
+use super::write::{write_change, write_owners, write_pools};
 use crate::store::{Change, Error, SubnetLock, SubnetRecord};
 
 /// A subnet row locked (`SELECT … FOR UPDATE`) in an open transaction.
@@ -49,6 +49,9 @@ impl SubnetLock for PgLock {
                     subnet: net.clone(),
                 });
             }
+            write_owners(&mut tx, &tenant, &space, &net, change.owner_rows())
+                .await
+                .map_err(err)?;
             if change.pools_changed() {
                 write_pools(&mut tx, &tenant, &space, change.after)
                     .await

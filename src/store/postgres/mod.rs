@@ -41,7 +41,7 @@ use error::map_err;
 use lock::PgLock;
 use notify::{CHANNEL, Fanout, notice};
 use rows::{RunRows, read_subnets};
-use write::{write_change, write_pools};
+use write::{write_change, write_owners, write_pools};
 
 /// The Postgres schema migrations, run at startup and by `allot migrate`.
 pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::migrations::POSTGRES;
@@ -303,6 +303,13 @@ impl Store for PgStore {
             write_pools(&mut tx, tenant, space, subnet)
                 .await
                 .map_err(err)?;
+            let owned = super::owner_rows_of(subnet)
+                .into_iter()
+                .map(|(address, row)| (address, Some(row)))
+                .collect();
+            write_owners(&mut tx, tenant, space, &net, owned)
+                .await
+                .map_err(err)?;
             let runs: Vec<Run> = subnet.addrs().bitmap().runs().collect();
             let rows = RunRows::of(subnet.addrs(), &[], &runs);
             sqlx::query(
@@ -341,13 +348,19 @@ impl Store for PgStore {
         let net = change.after.net().to_string();
         let err = |e| map_err(e, space, &net);
         self.timed(async {
-            let updated = if change.pools_changed() {
+            let owners = change.owner_rows();
+            let updated = if change.pools_changed() || !owners.is_empty() {
                 let mut tx = self.pool.begin().await.map_err(err)?;
                 let updated = write_change(&mut *tx, tenant, space, change, version).await?;
                 if updated {
-                    write_pools(&mut tx, tenant, space, change.after)
+                    write_owners(&mut tx, tenant, space, &net, owners)
                         .await
                         .map_err(err)?;
+                    if change.pools_changed() {
+                        write_pools(&mut tx, tenant, space, change.after)
+                            .await
+                            .map_err(err)?;
+                    }
                     tx.commit().await.map_err(err)?;
                 }
                 updated

@@ -11,7 +11,7 @@ use sqlx::postgres::PgRow;
 use super::error::map_err;
 use crate::engine::addrset::{addr_bits, host_mask};
 use crate::engine::{self, AddrSet, Bitmap, Run, Subnet, block_of, block_span};
-use crate::store::{Error, SubnetRecord, from_sql_version};
+use crate::store::{Error, OwnerRow, SubnetRecord, from_sql_version};
 
 /// Reads the subnets of a tenant (`key`: only the one named) with the statements of one
 /// connection: call it inside a transaction, for one snapshot.
@@ -31,6 +31,8 @@ pub(super) async fn read_subnets(
         "SELECT space, subnet::text, host(first), host(last), bits FROM runs \
              WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
              ORDER BY space, subnet, first",
+        "SELECT space, subnet::text, host(address), owner, since_ms FROM owners \
+             WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr))",
     ];
     let mut rows = Vec::with_capacity(queries.len());
     for sql in queries {
@@ -44,9 +46,9 @@ pub(super) async fn read_subnets(
                 .map_err(err)?,
         );
     }
-    let [subnets, pools, runs] = <[Vec<PgRow>; 3]>::try_from(rows)
-        .map_err(|_| Error::Internal("three queries, three answers".into()))?;
-    assemble(&subnets, &pools, &runs)
+    let [subnets, pools, runs, owners] = <[Vec<PgRow>; 4]>::try_from(rows)
+        .map_err(|_| Error::Internal("four queries, four answers".into()))?;
+    assemble(&subnets, &pools, &runs, &owners)
 }
 
 /// One run as a row: its first address, its last address (clipped to the subnet), its block.
@@ -91,8 +93,20 @@ pub(super) fn assemble(
     subnets: &[PgRow],
     pools: &[PgRow],
     runs: &[PgRow],
+    owners: &[PgRow],
 ) -> Result<Vec<SubnetRecord>, Error> {
     let err = |e| map_err(e, "", "");
+    let mut owners_of: HashMap<Key, Vec<(String, OwnerRow)>> = HashMap::new();
+    for row in owners {
+        let key: Key = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
+        owners_of.entry(key).or_default().push((
+            row.try_get(2).map_err(err)?,
+            OwnerRow {
+                owner: row.try_get(3).map_err(err)?,
+                since_ms: row.try_get(4).map_err(err)?,
+            },
+        ));
+    }
     let mut pools_of: HashMap<Key, Vec<Option<String>>> = HashMap::new();
     for row in pools {
         let key: Key = (row.try_get(0).map_err(err)?, row.try_get(1).map_err(err)?);
@@ -150,6 +164,8 @@ pub(super) fn assemble(
             });
         }
         let subnet = Subnet::from_parts(addrs, sub_pools).map_err(corrupt)?;
+        let owned = owners_of.remove(&key).unwrap_or_default();
+        let subnet = crate::store::with_owner_rows(&key.0, subnet, owned)?;
         out.push(SubnetRecord {
             version: from_sql_version(version)?,
             space: key.0,

@@ -6,7 +6,7 @@ use super::error::map_err;
 use super::notify::{CHANNEL, notice};
 use super::rows::RunRows;
 use crate::engine::Subnet;
-use crate::store::{Change, Error, to_sql_version};
+use crate::store::{Change, Error, OwnerRow, to_sql_version};
 
 /// Writes the pools of a subnet, replacing those stored.
 pub(super) async fn write_pools(
@@ -34,6 +34,52 @@ pub(super) async fn write_pools(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Writes owner rows: each address's holder, or none (`None`: the row is deleted). Nothing
+/// (no round trip) when there are none: allocations without an owner pay nothing here.
+pub(super) async fn write_owners(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    space: &str,
+    subnet: &str,
+    rows: Vec<(String, Option<OwnerRow>)>,
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (mut cleared, mut addresses, mut owners, mut since) = (vec![], vec![], vec![], vec![]);
+    for (address, row) in rows {
+        match row {
+            None => cleared.push(address),
+            Some(row) => {
+                addresses.push(address);
+                owners.push(row.owner);
+                since.push(row.since_ms);
+            }
+        }
+    }
+    sqlx::query(
+        "WITH d AS ( \
+             DELETE FROM owners WHERE tenant = $1 AND space = $2 AND subnet = $3::cidr \
+             AND address = ANY($4::inet[]) \
+         ) \
+         INSERT INTO owners (tenant, space, subnet, address, owner, since_ms) \
+         SELECT $1, $2, $3::cidr, a::inet, o, s \
+         FROM unnest($5::text[], $6::text[], $7::int8[]) AS u(a, o, s) \
+         ON CONFLICT (tenant, space, subnet, address) \
+         DO UPDATE SET owner = excluded.owner, since_ms = excluded.since_ms",
+    )
+    .bind(tenant)
+    .bind(space)
+    .bind(subnet)
+    .bind(cleared)
+    .bind(addresses)
+    .bind(owners)
+    .bind(since)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
 }
 
 /// Bumps the version (if it is still the one replaced), applies the run delta and announces
