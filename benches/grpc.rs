@@ -166,6 +166,7 @@ fn pair_op(
                     pool_id: id.clone(),
                     address: String::new(),
                     options: HashMap::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -174,6 +175,7 @@ fn pair_op(
             c.release_address(pb::ReleaseAddressRequest {
                 pool_id: id,
                 address: a,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -112,6 +112,7 @@ fn allocate_op(
                 pool_id: id,
                 address: String::new(),
                 options: HashMap::new(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -135,6 +136,7 @@ fn release_free_op(
             c.release_address(pb::ReleaseAddressRequest {
                 pool_id: id,
                 address: free,
+                ..Default::default()
             })
             .await
             .unwrap();

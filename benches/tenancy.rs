@@ -156,6 +156,7 @@ fn pair_op(ids: Vec<String>) -> Op {
             c.release_address(pb::ReleaseAddressRequest {
                 pool_id: id,
                 address: a,
+                ..Default::default()
             })
             .await
             .unwrap();

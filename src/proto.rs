@@ -35,6 +35,22 @@ pub fn pool_request(req: &pb::RequestPoolRequest) -> Result<(String, PoolRequest
     Ok((req.address_space.clone(), pool))
 }
 
+/// Parses an owner: empty for none.
+///
+/// # Errors
+/// `InvalidOwner`.
+pub fn owner(input: &str) -> Result<Option<engine::owners::Owner>, engine::Error> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    engine::owners::Owner::new(input)
+        .map(Some)
+        .map_err(|reason| engine::Error::InvalidOwner {
+            owner: engine::error::shown(input),
+            reason,
+        })
+}
+
 /// Parses a pool id.
 ///
 /// # Errors

@@ -261,7 +261,7 @@ async fn release_address(
     let result = async {
         let id = proto::pool_id(&b.pool_id)?;
         let address = engine::request::parse_address(&id, &b.address)?;
-        ipam.release_address(&id, address).await
+        ipam.release_address(&id, address, None).await
     }
     .await;
     audit::plugin(&tenant, "ReleaseAddress", &b.pool_id, &b.address, &result);

@@ -158,8 +158,9 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let r = request.get_ref();
         let result = async {
             let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
-            let req =
+            let mut req =
                 engine::AddressRequest::parse(&id, &r.address, &r.options).map_err(invalid)?;
+            req.owner = proto::owner(&r.owner).map_err(invalid)?;
             let _pending = self
                 .quotas
                 .admit(&self.auth, &caller, ipam.as_ref(), Counted::Addresses)
@@ -197,7 +198,8 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let result = async {
             let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
             let address = engine::request::parse_address(&id, &r.address).map_err(invalid)?;
-            ipam.release_address(&id, address)
+            let owner = proto::owner(&r.owner).map_err(invalid)?;
+            ipam.release_address(&id, address, owner.as_ref())
                 .await
                 .map_err(|e| status(&e))
         }

@@ -147,6 +147,10 @@ pub enum AddressCommand {
         /// A driver option `KEY=VALUE`, for a remote plugin; repeatable.
         #[arg(long = "option", value_parser = parse_option)]
         options: Vec<(String, String)>,
+        /// Who will hold it (e.g. `<container id>/<ifname>`): asked again, the same owner gets
+        /// the same address.
+        #[arg(long, default_value = "")]
+        owner: String,
     },
     /// Free an address (freeing a free one succeeds).
     Release {
@@ -154,6 +158,9 @@ pub enum AddressCommand {
         pool_id: String,
         /// The address, as `address request` printed it or without its prefix length.
         address: String,
+        /// Only if this owner holds it.
+        #[arg(long, default_value = "")]
+        owner: String,
     },
 }
 
@@ -336,6 +343,7 @@ async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
             serial,
             gateway,
             options,
+            owner,
         } => {
             let mut options: HashMap<String, String> = options.into_iter().collect();
             if serial {
@@ -352,15 +360,21 @@ async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
                     pool_id,
                     address: address.unwrap_or_default(),
                     options,
+                    owner,
                 })
                 .await
                 .map_err(failed)?;
             println!("{}", r.get_ref().address);
         }
-        AddressCommand::Release { pool_id, address } => {
+        AddressCommand::Release {
+            pool_id,
+            address,
+            owner,
+        } => {
             c.release_address(pb::ReleaseAddressRequest {
                 pool_id: pool_id.clone(),
                 address: address.clone(),
+                owner,
             })
             .await
             .map_err(failed)?;

@@ -29,6 +29,8 @@ pub enum Error {
         value: String,
         reason: &'static str,
     },
+    #[error("invalid owner {owner:?}: {reason}")]
+    InvalidOwner { owner: String, reason: &'static str },
     #[error("invalid pool id {input:?}: {reason}")]
     InvalidPoolId { input: String, reason: &'static str },
     #[error("pool {requested} overlaps existing pool {existing}")]
@@ -97,6 +99,7 @@ impl Error {
             | Self::InvalidAddress { .. }
             | Self::InvalidPoolId { .. }
             | Self::InvalidOption { .. }
+            | Self::InvalidOwner { .. }
             | Self::OutOfRange { .. } => ErrorKind::Invalid,
             Self::PoolNotFound { .. } => ErrorKind::NotFound,
             Self::Overlap { .. } | Self::AddressInUse { .. } => ErrorKind::AlreadyExists,

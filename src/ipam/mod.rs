@@ -20,6 +20,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
+use crate::engine::owners::Owner;
 use crate::engine::{self, AddressRequest, ErrorKind, PoolId, PoolRequest, Utilization};
 use crate::store;
 
@@ -43,6 +44,21 @@ fn refuse_options(options: &Options) -> Result<(), Error> {
             key: engine::error::shown(key),
             value: engine::error::shown(value),
             reason: "unknown option (this driver takes none)",
+        })),
+        None => Ok(()),
+    }
+}
+
+/// Refuses an owner, for a driver that keeps none.
+///
+/// # Errors
+/// `InvalidOption` saying the driver keeps no owners.
+fn refuse_owner(owner: Option<&Owner>) -> Result<(), Error> {
+    match owner {
+        Some(owner) => Err(Error::Engine(engine::Error::InvalidOption {
+            key: "owner".to_owned(),
+            value: engine::error::shown(owner.as_str()),
+            reason: "this address space's driver keeps no owners",
         })),
         None => Ok(()),
     }
@@ -147,8 +163,14 @@ pub trait Ipam: Send + Sync + 'static {
     /// address; a driver that takes no options refuses any (`InvalidOption`).
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error>;
 
-    /// Frees an address (freeing a free one succeeds).
-    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error>;
+    /// Frees an address (freeing a free one succeeds). With `owner`, the address must be that
+    /// owner's (`NotHolder` otherwise); a driver that keeps no owners refuses one.
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error>;
 
     /// Returns the utilization of each pool named, in that order: its figures, or why they
     /// cannot be had — a pool that does not exist is answered [`PoolState::missing`]. Callers

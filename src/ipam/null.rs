@@ -12,7 +12,8 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options};
+use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options, refuse_owner};
+use crate::engine::owners::Owner;
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
 
 /// Docker's name for the null driver's address space.
@@ -124,6 +125,7 @@ impl Ipam for Null {
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
         refuse_options(&req.options)?;
+        refuse_owner(req.owner.as_ref())?;
         self.check(id)?;
         Err(Self::refuse(
             Kind::FailedPrecondition,
@@ -131,7 +133,13 @@ impl Ipam for Null {
         ))
     }
 
-    async fn release_address(&self, id: &PoolId, _address: IpAddr) -> Result<(), Error> {
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        _address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error> {
+        refuse_owner(owner)?;
         // Nothing was handed out, so everything is already free.
         self.check(id)
     }

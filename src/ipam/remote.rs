@@ -29,6 +29,7 @@ use tokio::sync::{OnceCell, RwLock};
 
 use super::protocol::{self as wire, CONTENT_TYPE};
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found};
+use crate::engine::owners::Owner;
 use crate::engine::{
     AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION,
     SubnetSpec,
@@ -450,6 +451,7 @@ impl Ipam for Remote {
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
+        super::refuse_owner(req.owner.as_ref())?;
         let remote_id = self.remote_id(id).await?;
         let mut options = req.options.clone();
         if req.serial {
@@ -476,7 +478,13 @@ impl Ipam for Remote {
         })
     }
 
-    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error> {
+        super::refuse_owner(owner)?;
         let remote_id = self.remote_id(id).await?;
         let release = wire::ReleaseAddress {
             pool_id: remote_id,

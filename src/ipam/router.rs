@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{Capabilities, Error, Ipam, PoolState, not_found};
+use crate::engine::owners::Owner;
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -140,8 +141,15 @@ impl Ipam for Router {
         self.driver(id.space()).request_address(id, req).await
     }
 
-    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.driver(id.space()).release_address(id, address).await
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error> {
+        self.driver(id.space())
+            .release_address(id, address, owner)
+            .await
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
@@ -220,7 +228,12 @@ mod tests {
         async fn request_address(&self, _: &PoolId, _: &AddressRequest) -> Result<IpNet, Error> {
             Err(down())
         }
-        async fn release_address(&self, _: &PoolId, _: IpAddr) -> Result<(), Error> {
+        async fn release_address(
+            &self,
+            _: &PoolId,
+            _: IpAddr,
+            _: Option<&Owner>,
+        ) -> Result<(), Error> {
             Err(down())
         }
         async fn utilization(&self, _: &[PoolId]) -> Result<Vec<PoolState>, Error> {

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source};
+use crate::engine::owners::Owner;
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// A driver, and the record of what passed through it.
@@ -89,9 +90,14 @@ impl Ipam for Tracked {
         Ok(address)
     }
 
-    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        self.inner.release_address(id, address).await?;
-        if let Err(e) = self.record.release_address(id, address).await {
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error> {
+        self.inner.release_address(id, address, owner).await?;
+        if let Err(e) = self.record.release_address(id, address, None).await {
             self.mismatch("an address release", id, &e);
         }
         Ok(())

@@ -29,6 +29,14 @@ pub use sqlite::SqliteStore;
 /// The tenant a new database holds, which serves every caller when authentication is off.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The time now, in Unix milliseconds, as owners' "since" records it.
+#[must_use]
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The time now, in Unix seconds, as the directory records it.
 #[must_use]
 pub fn unix_now() -> u64 {

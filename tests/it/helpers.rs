@@ -426,6 +426,7 @@ pub async fn request_address(
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().address)
@@ -439,6 +440,7 @@ pub async fn release_address(
     c.release_address(pb::ReleaseAddressRequest {
         pool_id: pool_id.into(),
         address: address.into(),
+        ..Default::default()
     })
     .await
     .map(|_| ())

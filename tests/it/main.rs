@@ -13,6 +13,7 @@ mod grpcurl;
 mod helpers;
 mod history;
 mod outage;
+mod owners;
 mod plugin;
 mod remote;
 mod replicas;

@@ -42,8 +42,7 @@ async fn requests_fail_fast_while_postgres_is_down_and_recover_after() {
                 let was_down = down.load(Ordering::SeqCst);
                 let mut req = tonic::Request::new(pb::RequestAddressRequest {
                     pool_id: id.clone(),
-                    address: String::new(),
-                    options: Default::default(),
+                    ..Default::default()
                 });
                 req.set_timeout(deadline);
                 let started = Instant::now();

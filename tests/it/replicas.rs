@@ -251,7 +251,7 @@ async fn a_replica_killed_under_load_loses_no_acknowledged_allocation() {
 
 /// The pools listed by a server, once they equal `want` (servers learn of each other's pools
 /// through notifications, a moment after the commit).
-async fn wait_until_listed(c: &mut Client, want: &[&str]) {
+pub(crate) async fn wait_until_listed(c: &mut Client, want: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let listed: Vec<String> = c

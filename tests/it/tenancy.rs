@@ -289,6 +289,7 @@ async fn call(w: &World, rpc: &str, who: Who, i: usize) -> Code {
                 pb::ReleaseAddressRequest {
                     pool_id: pool,
                     address,
+                    ..Default::default()
                 },
                 who,
             ))

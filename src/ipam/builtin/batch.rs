@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::cache::{Cell, CellState, Ctx};
 use super::{Error, MAX_ATTEMPTS};
+use crate::engine::owners::Owner;
 use crate::engine::{self, AddressRequest, PoolId, Subnet};
 use crate::ipam::not_found;
 use crate::store::{self, Change, SubnetLock};
@@ -29,7 +30,7 @@ pub(super) struct Job {
 /// The mutations a batch applies, each with its caller's typed answer.
 pub(super) enum Op {
     Allocate(AddressRequest, Answer<IpAddr>),
-    Release(IpAddr, Answer<()>),
+    Release(IpAddr, Option<Owner>, Answer<()>),
     AddPool(Answer<()>),
     RemovePool(Answer<()>),
 }
@@ -88,8 +89,8 @@ impl Job {
                 answer.keep(result.map(|a| a.address).map_err(Error::Engine));
                 changed
             }
-            Op::Release(address, answer) => {
-                let result = subnet.release(id, *address);
+            Op::Release(address, owner, answer) => {
+                let result = subnet.release_by(id, *address, owner.as_ref());
                 let changed = result == Ok(true);
                 if changed {
                     touched(subnet, *address);
@@ -116,7 +117,7 @@ impl Job {
     fn refuse(&mut self, e: Error) {
         match &mut self.op {
             Op::Allocate(_, answer) => answer.keep(Err(e)),
-            Op::Release(_, answer) | Op::AddPool(answer) | Op::RemovePool(answer) => {
+            Op::Release(_, _, answer) | Op::AddPool(answer) | Op::RemovePool(answer) => {
                 answer.keep(Err(e));
             }
         }
@@ -126,7 +127,7 @@ impl Job {
     fn answer(self, failed: Option<&Error>) {
         match self.op {
             Op::Allocate(_, answer) => answer.send(failed),
-            Op::Release(_, answer) | Op::AddPool(answer) | Op::RemovePool(answer) => {
+            Op::Release(_, _, answer) | Op::AddPool(answer) | Op::RemovePool(answer) => {
                 answer.send(failed);
             }
         }

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options};
+use crate::engine::owners::Owner;
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     Subnet,
@@ -301,13 +302,24 @@ impl Ipam for Builtin {
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
         refuse_options(&req.options)?;
-        let allocate = |answer| Op::Allocate(req.clone(), answer);
+        let mut req = req.clone();
+        if req.owner.is_some() {
+            // The holder's "since": the engine keeps no clock.
+            req.at_ms = crate::store::unix_now_ms();
+        }
+        let allocate = |answer| Op::Allocate(req, answer);
         let address = self.ctx.submit(Instant::now(), id, allocate).await?;
         IpNet::new(address, id.subnet().prefix_len()).map_err(|e| Error::Internal(e.to_string()))
     }
 
-    async fn release_address(&self, id: &PoolId, address: IpAddr) -> Result<(), Error> {
-        let release = |answer| Op::Release(address, answer);
+    async fn release_address(
+        &self,
+        id: &PoolId,
+        address: IpAddr,
+        owner: Option<&Owner>,
+    ) -> Result<(), Error> {
+        let owner = owner.cloned();
+        let release = |answer| Op::Release(address, owner, answer);
         self.ctx.submit(Instant::now(), id, release).await
     }
 
@@ -394,7 +406,7 @@ mod tests {
             let address = a.request_address(&id, &AddressRequest::default()).await;
             let address = address.unwrap().addr();
             // B believes the address free: its release must not be a no-op on the cache.
-            b.release_address(&id, address).await.unwrap();
+            b.release_address(&id, address, None).await.unwrap();
         }
         // Network and broadcast only: every release took effect.
         assert_eq!(in_use(&store, "10.50.0.0/24").await, 2);
@@ -422,7 +434,7 @@ mod tests {
             .await
             .unwrap();
         b.request_address(&id, &at("10.52.0.7")).await.unwrap();
-        a.release_address(&id, "10.52.0.7".parse().unwrap())
+        a.release_address(&id, "10.52.0.7".parse().unwrap(), None)
             .await
             .unwrap();
         // B still caches .7 as taken.
@@ -580,7 +592,10 @@ mod proptests {
         }
 
         fn release(&mut self, id: &PoolId, address: IpAddr) -> Result<(), EngineError> {
-            engine(self.rt.block_on(self.driver.release_address(id, address)))
+            engine(
+                self.rt
+                    .block_on(self.driver.release_address(id, address, None)),
+            )
         }
 
         fn utilization(&mut self, id: &PoolId) -> Utilization {

@@ -1,0 +1,216 @@
+//! Owned allocations through the API (issue #11, first part): a retry by the same owner gets
+//! the same address, even when the first reply was lost; a release naming an owner must name
+//! the holder; owners survive a restart and hold across two replicas asking at once.
+
+use std::time::Duration;
+
+use allot::proto::pb;
+use tonic::Code;
+
+use crate::helpers::*;
+use crate::replicas::wait_until_listed;
+
+fn ask(pool_id: &str, owner: &str) -> pb::RequestAddressRequest {
+    pb::RequestAddressRequest {
+        pool_id: pool_id.into(),
+        owner: owner.into(),
+        ..Default::default()
+    }
+}
+
+async fn address(c: &mut Client, pool_id: &str, owner: &str) -> Result<String, tonic::Status> {
+    c.request_address(ask(pool_id, owner))
+        .await
+        .map(|r| r.into_inner().address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_asking_again_gets_the_same_address() {
+    for (backend, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let pool = request_pool(&mut c, "10.40.0.0/24", "").await.unwrap();
+        let a = address(&mut c, &pool, "c1/eth0").await.unwrap();
+        assert_eq!(a, "10.40.0.1/24", "{backend}");
+        assert_eq!(
+            address(&mut c, &pool, "c1/eth0").await.unwrap(),
+            a,
+            "{backend}: a retry"
+        );
+        assert_eq!(
+            address(&mut c, &pool, "c2/eth0").await.unwrap(),
+            "10.40.0.2/24"
+        );
+        assert_eq!(
+            address(&mut c, &pool, "").await.unwrap(),
+            "10.40.0.3/24",
+            "no owner"
+        );
+        assert_eq!(
+            address(&mut c, &pool, "").await.unwrap(),
+            "10.40.0.4/24",
+            "no owner"
+        );
+        assert_eq!(
+            state(&mut c, &pool).await.allocated_ips_in_subnet,
+            6,
+            "{backend}"
+        );
+        // A release naming another owner is refused, naming the holder.
+        let refused = c
+            .release_address(pb::ReleaseAddressRequest {
+                pool_id: pool.clone(),
+                address: "10.40.0.1".into(),
+                owner: "c2/eth0".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{backend}");
+        assert!(
+            refused.message().contains("held by c1/eth0"),
+            "{}",
+            refused.message()
+        );
+        c.release_address(pb::ReleaseAddressRequest {
+            pool_id: pool.clone(),
+            address: "10.40.0.1".into(),
+            owner: "c1/eth0".into(),
+        })
+        .await
+        .unwrap();
+        // A malformed owner.
+        let bad = address(&mut c, &pool, &"x".repeat(257)).await.unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{backend}");
+        app.stop().await;
+    }
+}
+
+/// A reply lost: a call whose deadline passed after the server took it (the server goes on
+/// and commits; the caller sees DEADLINE_EXCEEDED). Deadlines are tried from short to long
+/// until one such call happened, seen as a failed call whose address is in use nonetheless;
+/// the retry then gets that address, and no second one is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_lost_reply_takes_no_second_address() {
+    for (backend, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let pool = request_pool(&mut c, "10.41.0.0/24", "").await.unwrap();
+        let mut lost_once = false;
+        for (i, micros) in [20, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400]
+            .iter()
+            .enumerate()
+        {
+            let owner = format!("c{i}/eth0");
+            let before = state(&mut c, &pool).await.allocated_ips_in_subnet;
+            let mut call = tonic::Request::new(ask(&pool, &owner));
+            call.set_timeout(Duration::from_micros(*micros));
+            if c.request_address(call).await.is_ok() {
+                continue;
+            }
+            // Whatever the call set going is committed by now (its batch runs on without it).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let after = state(&mut c, &pool).await.allocated_ips_in_subnet;
+            if after == before {
+                continue; // the call never reached the driver
+            }
+            assert_eq!(after, before + 1, "{backend}");
+            let again = address(&mut c, &pool, &owner).await.unwrap();
+            let held = state(&mut c, &pool).await.allocated_ips_in_subnet;
+            assert_eq!(
+                held, after,
+                "{backend}: the retry took no second address ({again})"
+            );
+            lost_once = true;
+            break;
+        }
+        // On a store that commits in microseconds (memory) no deadline may fall between the
+        // commit and the reply; on disk it always does.
+        if backend != "memory" {
+            assert!(
+                lost_once,
+                "{backend}: no reply was ever lost after its commit"
+            );
+        }
+        app.stop().await;
+    }
+}
+
+/// Owners are stored: after a restart (the real binary, SQLite), the owner still gets its
+/// address back, through the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_survive_a_restart() {
+    let dir = TempDir::new("owners-restart");
+    let cli = |server: &Server, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["--server", &server.addr.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let server = Server::start(&dir.db_url(), &dir.0);
+    cli(&server, &["pool", "request", "--pool", "10.42.0.0/24"]);
+    let first = cli(
+        &server,
+        &[
+            "address",
+            "request",
+            "local/10.42.0.0/24",
+            "--owner",
+            "c1/eth0",
+        ],
+    );
+    cli(&server, &["address", "request", "local/10.42.0.0/24"]);
+    assert_eq!(server.terminate().code(), Some(0));
+    let server = Server::start(&dir.db_url(), &dir.0);
+    let again = cli(
+        &server,
+        &[
+            "address",
+            "request",
+            "local/10.42.0.0/24",
+            "--owner",
+            "c1/eth0",
+        ],
+    );
+    assert_eq!(again, first);
+    cli(
+        &server,
+        &[
+            "address",
+            "release",
+            "local/10.42.0.0/24",
+            "10.42.0.1",
+            "--owner",
+            "c1/eth0",
+        ],
+    );
+}
+
+/// The same owner through two replicas at once (one Postgres): one address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_give_one_owner_one_address() {
+    let db = PgDb::fresh("owners").await;
+    let dir = TempDir::new("owners-replicas");
+    let a = Server::start(&db.url, &dir.0);
+    let b = Server::start(&db.url, &dir.0);
+    let mut ca = a.client().await;
+    let mut cb = b.client().await;
+    let pool = request_pool(&mut ca, "10.43.0.0/24", "").await.unwrap();
+    wait_until_listed(&mut cb, &[pool.as_str()]).await;
+    for round in 0..20 {
+        let owner = format!("c{round}/eth0");
+        let (x, y) = tokio::join!(
+            address(&mut ca, &pool, &owner),
+            address(&mut cb, &pool, &owner)
+        );
+        assert_eq!(x.unwrap(), y.unwrap(), "round {round}");
+    }
+    let s = state(&mut ca, &pool).await;
+    assert_eq!(s.allocated_ips_in_subnet, 2 + 20, "one address per owner");
+}
