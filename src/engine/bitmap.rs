@@ -539,6 +539,27 @@ impl Bitmap {
             })
     }
 
+    /// Iterates over the ordinals in the set within `first..=last`, in order, lazily: a page of
+    /// them costs what the page holds (runs of empty blocks are skipped whole), whatever the
+    /// size of the set.
+    pub fn ones(&self, first: u128, last: u128) -> impl Iterator<Item = u128> + '_ {
+        let (lo, hi) = (block_of(first), block_of(last));
+        self.runs_overlapping(lo, hi)
+            .filter(|run| run.bits != 0)
+            .flat_map(move |run| {
+                let from = run.start.max(lo);
+                let to = (run.start + (run.n_blocks - 1)).min(hi);
+                (from..=to).flat_map(move |block| {
+                    let base = block_span(block).0;
+                    (0..BLOCK_BITS)
+                        .filter(move |i| run.bits >> i & 1 == 1)
+                        .map(move |i| base + u128::from(i))
+                })
+            })
+            .skip_while(move |&o| o < first)
+            .take_while(move |&o| o <= last)
+    }
+
     /// Rebuilds a bitmap from its runs, as a store persisted them.
     ///
     /// # Errors

@@ -450,6 +450,52 @@ impl Subnet {
         }
     }
 
+    /// Returns up to `limit` allocations of the pool with this sub-pool, in address order,
+    /// after `after` (exclusive; from the start when `None`): each address in use (the
+    /// subnet's reserved addresses left out) with its holder, if it has one. With a non-empty
+    /// `owner_prefix`, only the addresses held by an owner starting with it.
+    #[must_use]
+    pub fn allocations(
+        &self,
+        sub_pool: Option<IpNet>,
+        after: Option<IpAddr>,
+        owner_prefix: &str,
+        limit: usize,
+    ) -> Vec<(IpAddr, Option<Holder>)> {
+        let range = self.addrs.range(sub_pool);
+        let start = match after.map(|a| self.addrs.ordinal(a)) {
+            None => range.first,
+            // After the last ordinal there is nothing; outside the subnet, nothing either.
+            Some(Some(o)) if o >= range.last => return Vec::new(),
+            Some(Some(o)) => range.first.max(o + 1),
+            Some(None) => return Vec::new(),
+        };
+        let reserved: Vec<u128> = reserved_addresses(self.net())
+            .iter()
+            .filter_map(|(a, _)| self.addrs.ordinal(*a))
+            .collect();
+        let rest = OrdRange {
+            first: start,
+            last: range.last,
+        };
+        if owner_prefix.is_empty() {
+            self.addrs
+                .bitmap()
+                .ones(rest.first, rest.last)
+                .filter(|o| !reserved.contains(o))
+                .take(limit)
+                .map(|o| (self.addrs.addr(o), self.owners.holder(o).cloned()))
+                .collect()
+        } else {
+            self.owners
+                .in_range(rest)
+                .filter(|(_, h)| h.owner.as_str().starts_with(owner_prefix))
+                .take(limit)
+                .map(|(o, h)| (self.addrs.addr(o), Some(h.clone())))
+                .collect()
+        }
+    }
+
     /// Returns the utilization of the pool with this sub-pool, from the kept counts: no
     /// counting, whatever the subnet's size or fragmentation. A sub-pool that is not a pool of
     /// this subnet is counted on the spot.

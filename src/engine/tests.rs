@@ -715,3 +715,79 @@ mod owners {
         ));
     }
 }
+
+mod allocations {
+    //! Listing a pool's allocations a page at a time.
+
+    use crate::engine::owners::Owner;
+    use crate::engine::{AddressRequest, PoolId, Subnet};
+    use std::net::IpAddr;
+
+    fn addrs(v: &[(IpAddr, Option<crate::engine::owners::Holder>)]) -> Vec<String> {
+        v.iter().map(|(a, _)| a.to_string()).collect()
+    }
+
+    #[test]
+    fn pages_follow_address_order_and_skip_reserved_addresses() {
+        let id: PoolId = "local/10.0.0.0/24".parse().unwrap();
+        let mut s = Subnet::create(&id).unwrap();
+        for i in 0..10 {
+            let req = AddressRequest {
+                owner: (i % 2 == 0).then(|| Owner::new(&format!("c{i}/eth0")).unwrap()),
+                at_ms: 5,
+                ..AddressRequest::default()
+            };
+            s.allocate(&id, &req).unwrap();
+        }
+        let page = s.allocations(None, None, "", 4);
+        assert_eq!(
+            addrs(&page),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
+        );
+        assert_eq!(
+            page[0].1.as_ref().map(|h| h.owner.to_string()),
+            Some("c0/eth0".into())
+        );
+        assert!(page[1].1.is_none());
+        let next = s.allocations(None, Some(page[3].0), "", 4);
+        assert_eq!(
+            addrs(&next),
+            ["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8"]
+        );
+        let last = s.allocations(None, Some(next[3].0), "", 4);
+        assert_eq!(
+            addrs(&last),
+            ["10.0.0.9", "10.0.0.10"],
+            "no broadcast address"
+        );
+        assert!(s.allocations(None, Some(last[1].0), "", 4).is_empty());
+        // Only owners starting with a prefix.
+        let owned = s.allocations(None, None, "c", 100);
+        assert_eq!(owned.len(), 5);
+        assert_eq!(addrs(&s.allocations(None, None, "c4", 100)), ["10.0.0.5"]);
+        // A sub-pool's range only.
+        let range: PoolId = "local/10.0.0.0/24/10.0.0.4/30".parse().unwrap();
+        s.add_pool(&range).unwrap();
+        assert_eq!(
+            addrs(&s.allocations(range.sub_pool(), None, "", 100)),
+            ["10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"]
+        );
+    }
+
+    #[test]
+    fn a_page_of_a_large_subnet_costs_what_it_holds() {
+        let id: PoolId = "local/10.0.0.0/8".parse().unwrap();
+        let mut s = Subnet::create(&id).unwrap();
+        for _ in 0..100_000 {
+            s.allocate(&id, &AddressRequest::default()).unwrap();
+        }
+        let after: IpAddr = "10.1.0.0".parse().unwrap();
+        let page = s.allocations(None, Some(after), "", 3);
+        assert_eq!(addrs(&page), ["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
+        let tail: IpAddr = "10.1.134.159".parse().unwrap();
+        assert_eq!(
+            addrs(&s.allocations(None, Some(tail), "", 3)),
+            ["10.1.134.160"]
+        );
+    }
+}
