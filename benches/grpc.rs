@@ -88,6 +88,12 @@ impl IpamService for Bare {
     ) -> Result<Response<pb::GetIpamStateResponse>, Status> {
         Ok(Response::new(Default::default()))
     }
+    async fn list_allocations(
+        &self,
+        _: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
 }
 
 async fn clients(addr: SocketAddr) -> Vec<Client> {

@@ -51,6 +51,69 @@ pub fn owner(input: &str) -> Result<Option<engine::owners::Owner>, engine::Error
         })
 }
 
+/// The default and the largest page of `ListAllocations`.
+pub const PAGE_SIZE: (usize, usize) = (100, 1000);
+
+/// Reads which page of a pool's allocations `ListAllocations` asks for.
+///
+/// # Errors
+/// `InvalidOption` for a negative page size or a page token that is not an address of the
+/// pool's subnet.
+pub fn allocation_page(
+    id: &PoolId,
+    req: &pb::ListAllocationsRequest,
+) -> Result<crate::ipam::AllocationPage, engine::Error> {
+    let bad = |key: &str, value: &str, reason| engine::Error::InvalidOption {
+        key: key.to_owned(),
+        value: engine::error::shown(value),
+        reason,
+    };
+    let limit = match usize::try_from(req.page_size) {
+        Err(_) => return Err(bad("page_size", &req.page_size.to_string(), "negative")),
+        Ok(0) => PAGE_SIZE.0,
+        Ok(n) => n.min(PAGE_SIZE.1),
+    };
+    let after = if req.page_token.is_empty() {
+        None
+    } else {
+        let address: std::net::IpAddr = req
+            .page_token
+            .parse()
+            .map_err(|_| bad("page_token", &req.page_token, "not a token this pool gave"))?;
+        if !id.subnet().contains(&address) {
+            return Err(bad(
+                "page_token",
+                &req.page_token,
+                "not a token this pool gave",
+            ));
+        }
+        Some(address)
+    };
+    Ok(crate::ipam::AllocationPage {
+        after,
+        owner_prefix: req.owner_prefix.clone(),
+        limit,
+    })
+}
+
+/// Describes one allocation for `ListAllocations`.
+#[must_use]
+pub fn allocation(
+    (address, holder): &(std::net::IpAddr, Option<engine::owners::Holder>),
+) -> pb::Allocation {
+    pb::Allocation {
+        address: address.to_string(),
+        owner: holder
+            .as_ref()
+            .map(|h| h.owner.to_string())
+            .unwrap_or_default(),
+        allocated_at: holder.as_ref().map(|h| prost_types::Timestamp {
+            seconds: i64::try_from(h.since_ms / 1000).unwrap_or(i64::MAX),
+            nanos: i32::try_from(h.since_ms % 1000).unwrap_or(0) * 1_000_000,
+        }),
+    }
+}
+
 /// Parses a pool id.
 ///
 /// # Errors

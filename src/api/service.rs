@@ -209,6 +209,43 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         Ok(Response::new(pb::ReleaseAddressResponse {}))
     }
 
+    #[tracing::instrument(
+        name = "ListAllocations",
+        skip_all,
+        fields(pool_id = %request.get_ref().pool_id)
+    )]
+    async fn list_allocations(
+        &self,
+        request: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        let (_, ipam) = self.driver(&request).await?;
+        let r = request.get_ref();
+        let id = proto::pool_id(&r.pool_id).map_err(invalid)?;
+        let page = proto::allocation_page(&id, r).map_err(invalid)?;
+        let limit = page.limit;
+        let mut found = ipam
+            .list_allocations(
+                &id,
+                &ipam::AllocationPage {
+                    // One more than asked: whether another page follows.
+                    limit: limit + 1,
+                    ..page
+                },
+            )
+            .await
+            .map_err(|e| status(&e))?;
+        let next_page_token = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|(a, _)| a.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAllocationsResponse {
+            allocations: found.iter().map(proto::allocation).collect(),
+            next_page_token,
+        }))
+    }
+
     #[tracing::instrument(name = "GetIpamState", skip_all, fields(n_pools = request.get_ref().pool_ids.len()))]
     async fn get_ipam_state(
         &self,

@@ -56,9 +56,11 @@ impl Need {
             | "grpc.reflection.v1.ServerReflection"
             | "grpc.reflection.v1alpha.ServerReflection" => Self::Nothing,
             "ipam.v1.IpamService" => match method {
-                "ListPools" | "GetIpamState" | "GetDefaultAddressSpaces" | "GetCapabilities" => {
-                    Self::Role(Role::Read)
-                }
+                "ListPools"
+                | "GetIpamState"
+                | "ListAllocations"
+                | "GetDefaultAddressSpaces"
+                | "GetCapabilities" => Self::Role(Role::Read),
                 _ => Self::Role(Role::Write),
             },
             "ipam.admin.v1.AdminService" => Self::Role(Role::Admin),

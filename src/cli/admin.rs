@@ -271,7 +271,7 @@ pub fn local(cmd: AdminCommand) -> anyhow::Result<()> {
 }
 
 /// A table: left-aligned columns two spaces apart, no padding after the last.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -299,7 +299,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 /// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`. (Hand-written, Howard Hinnant's civil-from-days:
 /// no date crate is in the build for one line of output.)
-fn date(unix: i64) -> String {
+pub(super) fn date(unix: i64) -> String {
     let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);

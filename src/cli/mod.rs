@@ -152,6 +152,14 @@ pub enum AddressCommand {
         #[arg(long, default_value = "")]
         owner: String,
     },
+    /// List a pool's addresses in use, with their owners (every page).
+    List {
+        /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
+        pool_id: String,
+        /// Only the addresses held by an owner starting with this.
+        #[arg(long, default_value = "")]
+        owner: String,
+    },
     /// Free an address (freeing a free one succeeds).
     Release {
         /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
@@ -365,6 +373,38 @@ async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(failed)?;
             println!("{}", r.get_ref().address);
+        }
+        AddressCommand::List { pool_id, owner } => {
+            let mut rows = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = c
+                    .list_allocations(pb::ListAllocationsRequest {
+                        pool_id: pool_id.clone(),
+                        owner_prefix: owner.clone(),
+                        page_size: 1000,
+                        page_token,
+                    })
+                    .await
+                    .map_err(failed)?
+                    .into_inner();
+                for a in page.allocations {
+                    let since = a
+                        .allocated_at
+                        .map_or_else(|| "-".to_owned(), |t| admin::date(t.seconds));
+                    let holder = if a.owner.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        a.owner
+                    };
+                    rows.push(vec![a.address, holder, since]);
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print!("{}", admin::table(&["ADDRESS", "OWNER", "SINCE"], &rows));
         }
         AddressCommand::Release {
             pool_id,

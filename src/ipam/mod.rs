@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use crate::engine::owners::Owner;
+use crate::engine::owners::{Holder, Owner};
 use crate::engine::{self, AddressRequest, ErrorKind, PoolId, PoolRequest, Utilization};
 use crate::store;
 
@@ -176,6 +176,34 @@ pub trait Ipam: Send + Sync + 'static {
     /// cannot be had — a pool that does not exist is answered [`PoolState::missing`]. Callers
     /// wanting every pool list them first ([`Router`] does, once for all drivers).
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error>;
+
+    /// Lists a pool's allocations a page at a time (see [`engine::Subnet::allocations`]). A
+    /// driver that cannot list them says so.
+    async fn list_allocations(
+        &self,
+        id: &PoolId,
+        _page: &AllocationPage,
+    ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
+        Err(Error::Driver {
+            driver: self.name().to_owned(),
+            kind: Kind::FailedPrecondition,
+            message: format!(
+                "the {} driver cannot list the allocations of pool {id}",
+                self.name()
+            ),
+        })
+    }
+}
+
+/// Which page of a pool's allocations to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationPage {
+    /// After this address (exclusive); from the start when `None`.
+    pub after: Option<IpAddr>,
+    /// Only owners starting with this, when not empty.
+    pub owner_prefix: String,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// The error of an IPAM operation: the engine's or the store's. `Clone`, so that one

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options, refuse_owner};
-use crate::engine::owners::Owner;
+use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
+use crate::ipam::AllocationPage;
 
 /// Docker's name for the null driver's address space.
 pub const NULL_SPACE: &str = "null";
@@ -142,6 +143,16 @@ impl Ipam for Null {
         refuse_owner(owner)?;
         // Nothing was handed out, so everything is already free.
         self.check(id)
+    }
+
+    async fn list_allocations(
+        &self,
+        id: &PoolId,
+        _page: &AllocationPage,
+    ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
+        // Nothing is ever handed out.
+        self.check(id)?;
+        Ok(Vec::new())
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {

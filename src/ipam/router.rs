@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{Capabilities, Error, Ipam, PoolState, not_found};
-use crate::engine::owners::Owner;
+use super::{AllocationPage, Capabilities, Error, Ipam, PoolState, not_found};
+use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
 /// Address spaces, each served by its driver.
@@ -150,6 +150,14 @@ impl Ipam for Router {
         self.driver(id.space())
             .release_address(id, address, owner)
             .await
+    }
+
+    async fn list_allocations(
+        &self,
+        id: &PoolId,
+        page: &AllocationPage,
+    ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
+        self.driver(id.space()).list_allocations(id, page).await
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {

@@ -14,8 +14,9 @@ use async_trait::async_trait;
 use ipnet::IpNet;
 
 use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source};
-use crate::engine::owners::Owner;
+use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
+use crate::ipam::AllocationPage;
 
 /// A driver, and the record of what passed through it.
 pub struct Tracked {
@@ -101,6 +102,15 @@ impl Ipam for Tracked {
             self.mismatch("an address release", id, &e);
         }
         Ok(())
+    }
+
+    async fn list_allocations(
+        &self,
+        id: &PoolId,
+        page: &AllocationPage,
+    ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
+        // What passed through to the driver, as recorded.
+        self.record.list_allocations(id, page).await
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {

@@ -214,3 +214,119 @@ async fn two_replicas_give_one_owner_one_address() {
     let s = state(&mut ca, &pool).await;
     assert_eq!(s.allocated_ips_in_subnet, 2 + 20, "one address per owner");
 }
+
+/// ListAllocations: pages in address order, owners and times, a prefix filter, bad tokens
+/// refused; the CLI follows the pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_are_listed_page_by_page() {
+    for (backend, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let pool = request_pool(&mut c, "10.44.0.0/24", "").await.unwrap();
+        for i in 0..25 {
+            let owner = if i % 5 == 0 {
+                format!("k8s/pod{i}/eth0")
+            } else {
+                String::new()
+            };
+            address(&mut c, &pool, &owner).await.unwrap();
+        }
+        let page = |token: &str, size: i32, prefix: &str| pb::ListAllocationsRequest {
+            pool_id: pool.clone(),
+            owner_prefix: prefix.into(),
+            page_size: size,
+            page_token: token.into(),
+        };
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let r = c
+                .list_allocations(page(&token, 10, ""))
+                .await
+                .unwrap()
+                .into_inner();
+            pages += 1;
+            seen.extend(r.allocations);
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        assert_eq!(pages, 3, "{backend}: 10 + 10 + 5");
+        let addresses: Vec<String> = seen.iter().map(|a| a.address.clone()).collect();
+        let want: Vec<String> = (1..=25).map(|i| format!("10.44.0.{i}")).collect();
+        assert_eq!(addresses, want, "{backend}");
+        assert_eq!(seen[0].owner, "k8s/pod0/eth0");
+        let at = seen[0].allocated_at.expect("an owner's time");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            u64::try_from(at.seconds).unwrap().abs_diff(now) < 60,
+            "{at:?}"
+        );
+        assert!(seen[1].owner.is_empty() && seen[1].allocated_at.is_none());
+        // Owners with a prefix only.
+        let owned = c
+            .list_allocations(page("", 0, "k8s/"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(owned.allocations.len(), 5, "{backend}");
+        assert!(owned.next_page_token.is_empty());
+        // A token that is not this pool's, a negative size: INVALID_ARGUMENT.
+        for bad in [
+            page("192.168.0.1", 10, ""),
+            page("x", 10, ""),
+            page("", -1, ""),
+        ] {
+            let e = c.list_allocations(bad).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{backend}: {e:?}");
+        }
+        app.stop().await;
+    }
+}
+
+/// `allot address list` follows the pages and shows owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_allocations() {
+    let dir = TempDir::new("owners-cli");
+    let server = Server::start(&dir.db_url(), &dir.0);
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["--server", &server.addr.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    cli(&["pool", "request", "--pool", "10.45.0.0/16"]);
+    let mut c = server.client().await;
+    for i in 0..1500 {
+        let owner = if i == 1200 { "c1/eth0" } else { "" };
+        address(&mut c, "local/10.45.0.0/16", owner).await.unwrap();
+    }
+    let all = cli(&["address", "list", "local/10.45.0.0/16"]);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1 + 1500,
+        "a header and every address, over two pages"
+    );
+    assert!(lines[0].starts_with("ADDRESS "));
+    assert!(lines[1].starts_with("10.45.0.1 "));
+    let owned = cli(&["address", "list", "local/10.45.0.0/16", "--owner", "c1/"]);
+    let lines: Vec<&str> = owned.lines().collect();
+    assert_eq!(lines.len(), 2, "{owned}");
+    assert!(
+        lines[1].starts_with("10.45.4.177 ") && lines[1].contains("c1/eth0"),
+        "{owned}"
+    );
+}

@@ -29,11 +29,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options};
-use crate::engine::owners::Owner;
+use crate::engine::owners::{Holder, Owner};
 use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     Subnet,
 };
+use crate::ipam::AllocationPage;
 use crate::store::{self, Store, SubnetRecord};
 use batch::Op;
 use cache::{Cell, Ctx, SpaceCache};
@@ -321,6 +322,15 @@ impl Ipam for Builtin {
         let owner = owner.cloned();
         let release = |answer| Op::Release(address, owner, answer);
         self.ctx.submit(Instant::now(), id, release).await
+    }
+
+    async fn list_allocations(
+        &self,
+        id: &PoolId,
+        page: &AllocationPage,
+    ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
+        let subnet = self.published(id).await?;
+        Ok(subnet.allocations(id.sub_pool(), page.after, &page.owner_prefix, page.limit))
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
