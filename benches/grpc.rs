@@ -94,6 +94,18 @@ impl IpamService for Bare {
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         Ok(Response::new(Default::default()))
     }
+    async fn release_owner(
+        &self,
+        _: Request<pb::ReleaseOwnerRequest>,
+    ) -> Result<Response<pb::ReleaseOwnerResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
+    async fn garbage_collect(
+        &self,
+        _: Request<pb::GarbageCollectRequest>,
+    ) -> Result<Response<pb::GarbageCollectResponse>, Status> {
+        Ok(Response::new(Default::default()))
+    }
 }
 
 async fn clients(addr: SocketAddr) -> Vec<Client> {

@@ -92,8 +92,38 @@ pub fn allocation_page(
     Ok(crate::ipam::AllocationPage {
         after,
         owner_prefix: req.owner_prefix.clone(),
+        owned_only: false,
         limit,
     })
+}
+
+/// A time as the API carries it.
+fn timestamp(since_ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(since_ms / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since_ms % 1000).unwrap_or(0) * 1_000_000,
+    }
+}
+
+/// Describes an address taken back, for `ReleaseOwner` and `GarbageCollect`.
+#[must_use]
+pub fn released(
+    (id, address, holder): &(PoolId, std::net::IpAddr, engine::owners::Holder),
+) -> pb::Released {
+    pb::Released {
+        pool_id: id.to_string(),
+        address: address.to_string(),
+        owner: holder.owner.to_string(),
+        allocated_at: Some(timestamp(holder.since_ms)),
+    }
+}
+
+/// Parses the pool ids of a request.
+///
+/// # Errors
+/// `InvalidPoolId`.
+pub fn pool_ids(ids: &[String]) -> Result<Vec<PoolId>, engine::Error> {
+    ids.iter().map(|s| pool_id(s)).collect()
 }
 
 /// Describes one allocation for `ListAllocations`.
@@ -107,10 +137,7 @@ pub fn allocation(
             .as_ref()
             .map(|h| h.owner.to_string())
             .unwrap_or_default(),
-        allocated_at: holder.as_ref().map(|h| prost_types::Timestamp {
-            seconds: i64::try_from(h.since_ms / 1000).unwrap_or(i64::MAX),
-            nanos: i32::try_from(h.since_ms % 1000).unwrap_or(0) * 1_000_000,
-        }),
+        allocated_at: holder.as_ref().map(|h| timestamp(h.since_ms)),
     }
 }
 

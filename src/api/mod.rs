@@ -10,6 +10,7 @@ pub mod codec;
 pub mod conn;
 pub mod plugin;
 mod quota;
+mod reclaim;
 mod service;
 pub mod status;
 pub mod tls;

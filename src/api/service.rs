@@ -33,6 +33,29 @@ impl IpamApi {
         }
     }
 
+    /// Audits each address taken back (or the failure).
+    fn audit_taken(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        result: &Result<Vec<super::reclaim::Taken>, Status>,
+    ) {
+        match result {
+            Ok(taken) => {
+                for (id, address, _) in taken {
+                    audit::record(
+                        caller,
+                        rpc,
+                        &id.to_string(),
+                        &address.to_string(),
+                        &Ok::<(), Status>(()),
+                    );
+                }
+            }
+            Err(_) => audit::record(caller, rpc, "", "", result),
+        }
+    }
+
     /// The caller (as the authentication layer found it) and its tenant's driver.
     async fn driver<T>(&self, request: &Request<T>) -> Result<(Caller, Arc<dyn Ipam>), Status> {
         let caller = super::caller(request)?;
@@ -43,6 +66,10 @@ impl IpamApi {
             .map_err(|e| status(&e))?;
         Ok((caller, ipam))
     }
+}
+
+fn invalid_owner(reason: &str) -> Status {
+    status(&ipam::Error::Invalid(reason.to_owned()))
 }
 
 fn invalid(err: crate::engine::Error) -> Status {
@@ -243,6 +270,57 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         Ok(Response::new(pb::ListAllocationsResponse {
             allocations: found.iter().map(proto::allocation).collect(),
             next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "ReleaseOwner", skip_all, fields(owner = %request.get_ref().owner))]
+    async fn release_owner(
+        &self,
+        request: Request<pb::ReleaseOwnerRequest>,
+    ) -> Result<Response<pb::ReleaseOwnerResponse>, Status> {
+        let (caller, ipam) = self.driver(&request).await?;
+        let r = request.get_ref();
+        let owner = proto::owner(&r.owner)
+            .map_err(invalid)?
+            .ok_or_else(|| invalid_owner("an owner is required"))?;
+        let pools = proto::pool_ids(&r.pool_ids).map_err(invalid)?;
+        let result = super::reclaim::release_owner(ipam.as_ref(), &owner, pools)
+            .await
+            .map_err(|e| status(&e));
+        self.audit_taken(&caller, "ReleaseOwner", &result);
+        Ok(Response::new(pb::ReleaseOwnerResponse {
+            released: result?.iter().map(proto::released).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "GarbageCollect", skip_all, fields(n_pools = request.get_ref().pool_ids.len()))]
+    async fn garbage_collect(
+        &self,
+        request: Request<pb::GarbageCollectRequest>,
+    ) -> Result<Response<pb::GarbageCollectResponse>, Status> {
+        let (caller, ipam) = self.driver(&request).await?;
+        let r = request.get_ref();
+        if r.pool_ids.is_empty() {
+            return Err(invalid_owner("name at least one pool to collect in"));
+        }
+        let pools = proto::pool_ids(&r.pool_ids).map_err(invalid)?;
+        let min_age = u64::try_from(r.min_age_seconds)
+            .map_err(|_| invalid_owner("min_age_seconds is negative"))?;
+        let live = r.live_owners.iter().cloned().collect();
+        let result = super::reclaim::garbage_collect(
+            ipam.as_ref(),
+            pools,
+            &live,
+            (min_age.saturating_mul(1000), crate::store::unix_now_ms()),
+            r.dry_run,
+        )
+        .await
+        .map_err(|e| status(&e));
+        if !r.dry_run {
+            self.audit_taken(&caller, "GarbageCollect", &result);
+        }
+        Ok(Response::new(pb::GarbageCollectResponse {
+            collected: result?.iter().map(proto::released).collect(),
         }))
     }
 

@@ -95,6 +95,20 @@ pub enum Command {
     /// Make the first admin token, for `allot serve --admin-token-file` (no server needed).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Release the addresses of a pool whose owners are not alive (owned ones only).
+    Gc {
+        /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
+        pool_id: String,
+        /// A file listing the owners still alive, one per line.
+        #[arg(long)]
+        live_owners_file: std::path::PathBuf,
+        /// Leave addresses held for less than this many seconds.
+        #[arg(long, default_value_t = 0)]
+        min_age_seconds: i64,
+        /// Only list what would be released.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +212,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(cmd) => admin::tenant(&cli.target, cmd).await,
         Command::Token(cmd) => admin::token(&cli.target, cmd).await,
         Command::Quota(cmd) => admin::quota(&cli.target, cmd).await,
+        Command::Gc {
+            pool_id,
+            live_owners_file,
+            min_age_seconds,
+            dry_run,
+        } => {
+            gc(
+                &cli.target,
+                pool_id,
+                &live_owners_file,
+                min_age_seconds,
+                dry_run,
+            )
+            .await
+        }
         Command::Admin(cmd) => admin::local(cmd),
     }
 }
@@ -253,6 +282,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let incoming = Incoming::new(listener, gate, "grpc");
     let service = startup::Service { tenants, auth, tls };
     startup::serve(incoming, service, shutdown, args.shutdown_grace).await
+}
+
+async fn gc(
+    target: &Target,
+    pool_id: String,
+    live_owners_file: &std::path::Path,
+    min_age_seconds: i64,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(live_owners_file)
+        .with_context(|| format!("reading {}", live_owners_file.display()))?;
+    let live_owners = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let mut c = target.ipam().await?;
+    let r = c
+        .garbage_collect(pb::GarbageCollectRequest {
+            pool_ids: vec![pool_id],
+            live_owners,
+            min_age_seconds,
+            dry_run,
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let verb = if dry_run { "would release" } else { "released" };
+    for x in &r.collected {
+        println!("{verb} {} ({})", x.address, x.owner);
+    }
+    eprintln!("{} address(es) {verb}", r.collected.len());
+    Ok(())
 }
 
 /// An error and its causes on one line, each said once: transport errors repeat their

@@ -452,14 +452,15 @@ impl Subnet {
 
     /// Returns up to `limit` allocations of the pool with this sub-pool, in address order,
     /// after `after` (exclusive; from the start when `None`): each address in use (the
-    /// subnet's reserved addresses left out) with its holder, if it has one. With a non-empty
-    /// `owner_prefix`, only the addresses held by an owner starting with it.
+    /// subnet's reserved addresses left out) with its holder, if it has one. With
+    /// `owned_only` or a non-empty `owner_prefix`, only the addresses held by an owner
+    /// (starting with the prefix).
     #[must_use]
     pub fn allocations(
         &self,
         sub_pool: Option<IpNet>,
         after: Option<IpAddr>,
-        owner_prefix: &str,
+        (owner_prefix, owned_only): (&str, bool),
         limit: usize,
     ) -> Vec<(IpAddr, Option<Holder>)> {
         let range = self.addrs.range(sub_pool);
@@ -478,7 +479,7 @@ impl Subnet {
             first: start,
             last: range.last,
         };
-        if owner_prefix.is_empty() {
+        if owner_prefix.is_empty() && !owned_only {
             self.addrs
                 .bitmap()
                 .ones(rest.first, rest.last)

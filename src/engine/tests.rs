@@ -739,7 +739,7 @@ mod allocations {
             };
             s.allocate(&id, &req).unwrap();
         }
-        let page = s.allocations(None, None, "", 4);
+        let page = s.allocations(None, None, ("", false), 4);
         assert_eq!(
             addrs(&page),
             ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"]
@@ -749,27 +749,33 @@ mod allocations {
             Some("c0/eth0".into())
         );
         assert!(page[1].1.is_none());
-        let next = s.allocations(None, Some(page[3].0), "", 4);
+        let next = s.allocations(None, Some(page[3].0), ("", false), 4);
         assert_eq!(
             addrs(&next),
             ["10.0.0.5", "10.0.0.6", "10.0.0.7", "10.0.0.8"]
         );
-        let last = s.allocations(None, Some(next[3].0), "", 4);
+        let last = s.allocations(None, Some(next[3].0), ("", false), 4);
         assert_eq!(
             addrs(&last),
             ["10.0.0.9", "10.0.0.10"],
             "no broadcast address"
         );
-        assert!(s.allocations(None, Some(last[1].0), "", 4).is_empty());
+        assert!(
+            s.allocations(None, Some(last[1].0), ("", false), 4)
+                .is_empty()
+        );
         // Only owners starting with a prefix.
-        let owned = s.allocations(None, None, "c", 100);
+        let owned = s.allocations(None, None, ("c", false), 100);
         assert_eq!(owned.len(), 5);
-        assert_eq!(addrs(&s.allocations(None, None, "c4", 100)), ["10.0.0.5"]);
+        assert_eq!(
+            addrs(&s.allocations(None, None, ("c4", false), 100)),
+            ["10.0.0.5"]
+        );
         // A sub-pool's range only.
         let range: PoolId = "local/10.0.0.0/24/10.0.0.4/30".parse().unwrap();
         s.add_pool(&range).unwrap();
         assert_eq!(
-            addrs(&s.allocations(range.sub_pool(), None, "", 100)),
+            addrs(&s.allocations(range.sub_pool(), None, ("", false), 100)),
             ["10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"]
         );
     }
@@ -782,11 +788,11 @@ mod allocations {
             s.allocate(&id, &AddressRequest::default()).unwrap();
         }
         let after: IpAddr = "10.1.0.0".parse().unwrap();
-        let page = s.allocations(None, Some(after), "", 3);
+        let page = s.allocations(None, Some(after), ("", false), 3);
         assert_eq!(addrs(&page), ["10.1.0.1", "10.1.0.2", "10.1.0.3"]);
         let tail: IpAddr = "10.1.134.159".parse().unwrap();
         assert_eq!(
-            addrs(&s.allocations(None, Some(tail), "", 3)),
+            addrs(&s.allocations(None, Some(tail), ("", false), 3)),
             ["10.1.134.160"]
         );
     }

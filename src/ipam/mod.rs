@@ -202,6 +202,8 @@ pub struct AllocationPage {
     pub after: Option<IpAddr>,
     /// Only owners starting with this, when not empty.
     pub owner_prefix: String,
+    /// Only addresses with an owner.
+    pub owned_only: bool,
     /// At most this many.
     pub limit: usize,
 }

@@ -329,4 +329,129 @@ async fn the_cli_lists_allocations() {
         lines[1].starts_with("10.45.4.177 ") && lines[1].contains("c1/eth0"),
         "{owned}"
     );
+    // allot gc: c1 is not in the live list, so its address goes (after a dry run).
+    let live = dir.0.join("live");
+    std::fs::write(&live, "c2/eth0\n").unwrap();
+    let live = live.display().to_string();
+    let gc = |dry: bool| {
+        let mut args = vec![
+            "gc",
+            "local/10.45.0.0/16",
+            "--live-owners-file",
+            live.as_str(),
+        ];
+        if dry {
+            args.push("--dry-run");
+        }
+        cli(&args)
+    };
+    assert_eq!(gc(true), "would release 10.45.4.177 (c1/eth0)\n");
+    assert_eq!(gc(false), "released 10.45.4.177 (c1/eth0)\n");
+    assert_eq!(gc(false), "");
+}
+
+/// ReleaseOwner takes back everything an owner holds (in the pools named, or everywhere);
+/// GarbageCollect what owners not alive have held long enough, never an unowned address, and
+/// a dry run only lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_are_released_and_collected() {
+    for (backend, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let p1 = request_pool(&mut c, "10.46.0.0/24", "").await.unwrap();
+        let p2 = request_pool(&mut c, "10.47.0.0/24", "").await.unwrap();
+        for pool in [&p1, &p2] {
+            address(&mut c, pool, "dead/eth0").await.unwrap();
+            address(&mut c, pool, "alive/eth0").await.unwrap();
+            address(&mut c, pool, "").await.unwrap();
+        }
+        // A second address of the dead owner, asked for by name.
+        c.request_address(pb::RequestAddressRequest {
+            pool_id: p1.clone(),
+            address: "10.46.0.9".into(),
+            owner: "dead/eth0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let gc = |dry_run: bool, min_age_seconds: i64| pb::GarbageCollectRequest {
+            pool_ids: vec![p1.clone()],
+            live_owners: vec!["alive/eth0".into()],
+            min_age_seconds,
+            dry_run,
+        };
+        let listed = |r: &[pb::Released]| -> Vec<String> {
+            r.iter()
+                .map(|x| format!("{} {}", x.address, x.owner))
+                .collect()
+        };
+        // Too young to collect.
+        let young = c
+            .garbage_collect(gc(false, 3600))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(young.collected.is_empty(), "{backend}");
+        let dry = c.garbage_collect(gc(true, 0)).await.unwrap().into_inner();
+        assert_eq!(
+            listed(&dry.collected),
+            ["10.46.0.1 dead/eth0", "10.46.0.9 dead/eth0"]
+        );
+        assert_eq!(
+            state(&mut c, &p1).await.allocated_ips_in_subnet,
+            6,
+            "{backend}: dry"
+        );
+        let done = c.garbage_collect(gc(false, 0)).await.unwrap().into_inner();
+        assert_eq!(listed(&done.collected), listed(&dry.collected), "{backend}");
+        assert_eq!(
+            state(&mut c, &p1).await.allocated_ips_in_subnet,
+            4,
+            "{backend}"
+        );
+        // The alive owner's addresses, everywhere.
+        let released = c
+            .release_owner(pb::ReleaseOwnerRequest {
+                owner: "alive/eth0".into(),
+                pool_ids: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            released
+                .released
+                .iter()
+                .map(|r| format!("{} {}", r.pool_id, r.address))
+                .collect::<Vec<_>>(),
+            [
+                "local/10.46.0.0/24 10.46.0.2",
+                "local/10.47.0.0/24 10.47.0.2"
+            ],
+            "{backend}"
+        );
+        // Unowned addresses stay; the dead owner still holds p2's, untouched by p1's GC.
+        assert_eq!(
+            state(&mut c, &p1).await.allocated_ips_in_subnet,
+            3,
+            "{backend}"
+        );
+        assert_eq!(
+            state(&mut c, &p2).await.allocated_ips_in_subnet,
+            4,
+            "{backend}"
+        );
+        // Bad requests.
+        let no_owner = c
+            .release_owner(pb::ReleaseOwnerRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(no_owner.code(), Code::InvalidArgument);
+        let no_pool = c
+            .garbage_collect(pb::GarbageCollectRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(no_pool.code(), Code::InvalidArgument);
+        app.stop().await;
+    }
 }

@@ -330,7 +330,8 @@ impl Ipam for Builtin {
         page: &AllocationPage,
     ) -> Result<Vec<(IpAddr, Option<Holder>)>, Error> {
         let subnet = self.published(id).await?;
-        Ok(subnet.allocations(id.sub_pool(), page.after, &page.owner_prefix, page.limit))
+        let owners = (page.owner_prefix.as_str(), page.owned_only);
+        Ok(subnet.allocations(id.sub_pool(), page.after, owners, page.limit))
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
