@@ -39,7 +39,7 @@ const EVERYONE: [Who; 9] = [
     Who::ExpiredCertificate,
 ];
 
-const IPAM_RPCS: [&str; 8] = [
+const IPAM_RPCS: [&str; 11] = [
     "GetDefaultAddressSpaces",
     "GetCapabilities",
     "RequestPool",
@@ -48,6 +48,9 @@ const IPAM_RPCS: [&str; 8] = [
     "RequestAddress",
     "ReleaseAddress",
     "GetIpamState",
+    "ListAllocations",
+    "ReleaseOwner",
+    "GarbageCollect",
 ];
 
 const ADMIN_RPCS: [&str; 8] = [
@@ -73,15 +76,18 @@ fn expected(rpc: &str, who: Who) -> Code {
         Who::AdminForTenant => Code::Ok,
         _ if admin_rpc => Code::PermissionDenied,
         Who::OwnerRead => match rpc {
-            "GetDefaultAddressSpaces" | "GetCapabilities" | "ListPools" | "GetIpamState" => {
-                Code::Ok
-            }
+            "GetDefaultAddressSpaces"
+            | "GetCapabilities"
+            | "ListPools"
+            | "GetIpamState"
+            | "ListAllocations" => Code::Ok,
             _ => Code::PermissionDenied,
         },
         Who::OwnerWrite => Code::Ok,
         // Another tenant's pools are missing pools to it; its own calls succeed.
         Who::OtherTenant => match rpc {
-            "ReleasePool" | "RequestAddress" | "ReleaseAddress" | "GetIpamState" => Code::NotFound,
+            "ReleasePool" | "RequestAddress" | "ReleaseAddress" | "GetIpamState"
+            | "ListAllocations" | "ReleaseOwner" | "GarbageCollect" => Code::NotFound,
             _ => Code::Ok,
         },
     }
@@ -299,6 +305,38 @@ async fn call(w: &World, rpc: &str, who: Who, i: usize) -> Code {
             ipam.get_ipam_state(w.as_who(
                 pb::GetIpamStateRequest {
                     pool_ids: vec![pool],
+                },
+                who,
+            ))
+            .await,
+        ),
+        "ListAllocations" => code(
+            ipam.list_allocations(w.as_who(
+                pb::ListAllocationsRequest {
+                    pool_id: pool,
+                    ..Default::default()
+                },
+                who,
+            ))
+            .await,
+        ),
+        "ReleaseOwner" => code(
+            ipam.release_owner(w.as_who(
+                pb::ReleaseOwnerRequest {
+                    owner: "nobody/eth0".into(),
+                    pool_ids: vec![pool],
+                },
+                who,
+            ))
+            .await,
+        ),
+        "GarbageCollect" => code(
+            ipam.garbage_collect(w.as_who(
+                pb::GarbageCollectRequest {
+                    pool_ids: vec![pool],
+                    live_owners: vec![],
+                    min_age_seconds: 3600,
+                    dry_run: true,
                 },
                 who,
             ))
