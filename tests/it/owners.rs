@@ -18,6 +18,21 @@ fn ask(pool_id: &str, owner: &str) -> pb::RequestAddressRequest {
     }
 }
 
+/// Runs the real `allot` client against `server`; its stdout, once it succeeded.
+fn cli(server: &Server, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
+        .args(["--server", &server.addr.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn address(c: &mut Client, pool_id: &str, owner: &str) -> Result<String, tonic::Status> {
     c.request_address(ask(pool_id, owner))
         .await
@@ -140,19 +155,6 @@ async fn a_retry_after_a_lost_reply_takes_no_second_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_survive_a_restart() {
     let dir = TempDir::new("owners-restart");
-    let cli = |server: &Server, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["--server", &server.addr.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let server = Server::start(&dir.db_url(), &dir.0);
     cli(&server, &["pool", "request", "--pool", "10.42.0.0/24"]);
     let first = cli(
@@ -294,26 +296,13 @@ async fn allocations_are_listed_page_by_page() {
 async fn the_cli_lists_allocations() {
     let dir = TempDir::new("owners-cli");
     let server = Server::start(&dir.db_url(), &dir.0);
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["--server", &server.addr.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    cli(&["pool", "request", "--pool", "10.45.0.0/16"]);
+    cli(&server, &["pool", "request", "--pool", "10.45.0.0/16"]);
     let mut c = server.client().await;
     for i in 0..1500 {
         let owner = if i == 1200 { "c1/eth0" } else { "" };
         address(&mut c, "local/10.45.0.0/16", owner).await.unwrap();
     }
-    let all = cli(&["address", "list", "local/10.45.0.0/16"]);
+    let all = cli(&server, &["address", "list", "local/10.45.0.0/16"]);
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(
         lines.len(),
@@ -322,7 +311,10 @@ async fn the_cli_lists_allocations() {
     );
     assert!(lines[0].starts_with("ADDRESS "));
     assert!(lines[1].starts_with("10.45.0.1 "));
-    let owned = cli(&["address", "list", "local/10.45.0.0/16", "--owner", "c1/"]);
+    let owned = cli(
+        &server,
+        &["address", "list", "local/10.45.0.0/16", "--owner", "c1/"],
+    );
     let lines: Vec<&str> = owned.lines().collect();
     assert_eq!(lines.len(), 2, "{owned}");
     assert!(
@@ -343,7 +335,7 @@ async fn the_cli_lists_allocations() {
         if dry {
             args.push("--dry-run");
         }
-        cli(&args)
+        cli(&server, &args)
     };
     assert_eq!(gc(true), "would release 10.45.4.177 (c1/eth0)\n");
     assert_eq!(gc(false), "released 10.45.4.177 (c1/eth0)\n");
