@@ -11,6 +11,7 @@ pub mod conn;
 pub mod plugin;
 mod quota;
 mod reclaim;
+mod retry;
 mod service;
 pub mod status;
 pub mod tls;

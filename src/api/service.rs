@@ -9,6 +9,7 @@ use tracing::{Span, field};
 
 use super::audit;
 use super::quota::{Counted, Quotas};
+use super::retry;
 use super::status::status;
 use crate::auth::{Authenticator, Caller};
 use crate::engine;
@@ -116,15 +117,46 @@ impl pb::ipam_service_server::IpamService for IpamApi {
     ) -> Result<Response<pb::RequestPoolResponse>, Status> {
         let (caller, ipam) = self.driver(&request).await?;
         let result = async {
-            let (space, req) = proto::pool_request(request.get_ref()).map_err(invalid)?;
+            let r = request.get_ref();
+            let (space, req) = proto::pool_request(r).map_err(invalid)?;
+            let store = self.tenants.store().as_ref();
+            let retry = (!r.request_id.is_empty())
+                .then(|| (r.request_id.as_str(), retry::fingerprint(&space, r)));
+            if let Some((request_id, asked)) = &retry {
+                retry::check_id(request_id).map_err(|e| status(&e))?;
+                let earlier =
+                    retry::earlier(store, ipam.as_ref(), &caller.tenant, (request_id, asked));
+                if let Some(id) = earlier.await.map_err(|e| status(&e))? {
+                    return Ok(id);
+                }
+            }
             let _pending = self
                 .quotas
                 .admit(&self.auth, &caller, ipam.as_ref(), Counted::Pools)
                 .await?;
-            let id = ipam
-                .request_pool(&space, &req)
+            let made = ipam.request_pool(&space, &req).await;
+            let id = match (made, &retry) {
+                (Ok(id), None) => id,
+                (Ok(id), Some((request_id, asked))) => retry::remember(
+                    store,
+                    ipam.as_ref(),
+                    &caller.tenant,
+                    (request_id, asked),
+                    id,
+                )
                 .await
-                .map_err(|e| status(&e))?;
+                .map_err(|e| status(&e))?,
+                // The same id's create won the race for this exact pool: its pool, then.
+                (Err(e), Some((request_id, asked))) if e.kind() == ipam::Kind::AlreadyExists => {
+                    let earlier =
+                        retry::earlier(store, ipam.as_ref(), &caller.tenant, (request_id, asked));
+                    earlier
+                        .await
+                        .map_err(|e| status(&e))?
+                        .ok_or_else(|| status(&e))?
+                }
+                (Err(e), _) => return Err(status(&e)),
+            };
             Span::current().record("pool_id", field::display(&id));
             Ok(id)
         }

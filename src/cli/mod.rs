@@ -130,6 +130,10 @@ pub enum PoolCommand {
         /// A driver option `KEY=VALUE` (Docker's --ipam-opt), for a remote plugin; repeatable.
         #[arg(long = "option", value_parser = parse_option)]
         options: Vec<(String, String)>,
+        /// An id that makes the request safe to retry: the same id (within 24 hours) gets the
+        /// same pool back.
+        #[arg(long, default_value = "")]
+        request_id: String,
     },
     /// Delete a pool (its subnet goes with its last pool).
     Release {
@@ -365,6 +369,7 @@ async fn pool(target: &Target, cmd: PoolCommand) -> anyhow::Result<()> {
             sub_pool,
             v6,
             options,
+            request_id,
         } => {
             let r = c
                 .request_pool(pb::RequestPoolRequest {
@@ -373,6 +378,7 @@ async fn pool(target: &Target, cmd: PoolCommand) -> anyhow::Result<()> {
                     sub_pool,
                     options: options.into_iter().collect(),
                     v6,
+                    request_id,
                 })
                 .await
                 .map_err(failed)?;

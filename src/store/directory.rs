@@ -79,6 +79,26 @@ pub trait Directory: Send + Sync {
 
     /// Returns a tenant's quota (all zeros when none was set); `None` if it does not exist.
     async fn quota(&self, tenant: &str) -> Result<Option<Quota>, Error>;
+
+    /// Returns what a pool request id was remembered with, made since `since` (Unix seconds):
+    /// (the request, the pool id).
+    async fn pool_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        since: u64,
+    ) -> Result<Option<(String, String)>, Error>;
+
+    /// Remembers that `request_id` (asking `request`) made `pool_id`, unless it is already
+    /// remembered (made since `since`): then returns what it was remembered with, and nothing
+    /// changes. Forgets ids made before `since`.
+    async fn remember_pool_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        (request, pool_id): (&str, &str),
+        (now, since): (u64, u64),
+    ) -> Result<Option<(String, String)>, Error>;
 }
 
 /// Tells whether `stored` (a tenant column's value) belongs to `tenant`: its own rows and its

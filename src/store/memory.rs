@@ -37,6 +37,8 @@ struct Tenants {
     tenants: BTreeMap<String, u64>,
     tokens: BTreeMap<TokenId, TokenRecord>,
     quotas: BTreeMap<String, Quota>,
+    // (tenant, request id) → (request, pool id, made at).
+    pool_requests: BTreeMap<(String, String), (String, String, u64)>,
 }
 
 impl Default for MemoryStore {
@@ -293,6 +295,7 @@ impl Directory for MemoryStore {
         dir.tenants.remove(name);
         dir.tokens.retain(|_, t| t.tenant != name);
         dir.quotas.remove(name);
+        dir.pool_requests.retain(|(t, _), _| t != name);
         Ok(TenantDeletion::Deleted)
     }
 
@@ -356,6 +359,38 @@ impl Directory for MemoryStore {
         }
         dir.quotas.insert(tenant.to_owned(), *quota);
         Ok(true)
+    }
+
+    async fn pool_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        since: u64,
+    ) -> Result<Option<(String, String)>, Error> {
+        let dir = self.directory();
+        Ok(dir
+            .pool_requests
+            .get(&(tenant.to_owned(), request_id.to_owned()))
+            .filter(|(_, _, at)| *at >= since)
+            .map(|(r, p, _)| (r.clone(), p.clone())))
+    }
+
+    async fn remember_pool_request(
+        &self,
+        tenant: &str,
+        request_id: &str,
+        (request, pool_id): (&str, &str),
+        (now, since): (u64, u64),
+    ) -> Result<Option<(String, String)>, Error> {
+        let mut dir = self.directory();
+        dir.pool_requests.retain(|_, (_, _, at)| *at >= since);
+        let key = (tenant.to_owned(), request_id.to_owned());
+        if let Some((r, p, _)) = dir.pool_requests.get(&key) {
+            return Ok(Some((r.clone(), p.clone())));
+        }
+        dir.pool_requests
+            .insert(key, (request.to_owned(), pool_id.to_owned(), now));
+        Ok(None)
     }
 
     async fn quota(&self, tenant: &str) -> Result<Option<Quota>, Error> {

@@ -25,7 +25,7 @@ macro_rules! files {
 pub static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(files!(
         "postgres": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql",
-        "0005_owners.sql"
+        "0005_owners.sql", "0006_pool_requests.sql"
     ))
 });
 
@@ -33,7 +33,7 @@ pub static POSTGRES: LazyLock<Migrator> = LazyLock::new(|| {
 pub static SQLITE: LazyLock<Migrator> = LazyLock::new(|| {
     migrator(files!(
         "sqlite": "0001_init.sql", "0002_remote_pools.sql", "0003_retired.sql", "0004_tenancy.sql",
-        "0005_owners.sql"
+        "0005_owners.sql", "0006_pool_requests.sql"
     ))
 });
 

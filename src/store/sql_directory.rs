@@ -115,6 +115,7 @@ macro_rules! sql_directory {
                         ),
                         concat!("DELETE FROM subnets WHERE ", $crate::store::sql_directory::belongs!()),
                         concat!("DELETE FROM remote_pools WHERE ", $crate::store::sql_directory::belongs!()),
+                        "DELETE FROM pool_requests WHERE tenant = $1",
                     ] {
                         sqlx::query(statement)
                             .bind(name)
@@ -288,6 +289,77 @@ macro_rules! sql_directory {
                     Self::announce(&mut tx, tenant).await.map_err(dir_err)?;
                     tx.commit().await.map_err(dir_err)?;
                     Ok(set)
+                })
+                .await
+            }
+
+            async fn pool_request(
+                &self,
+                tenant: &str,
+                request_id: &str,
+                since: u64,
+            ) -> Result<Option<(String, String)>, Error> {
+                self.bounded(async {
+                    sqlx::query_as(
+                        "SELECT request, pool_id FROM pool_requests \
+                         WHERE tenant = $1 AND request_id = $2 AND created_at >= $3",
+                    )
+                    .bind(tenant)
+                    .bind(request_id)
+                    .bind($crate::store::to_sql_version(since)?)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(dir_err)
+                })
+                .await
+            }
+
+            async fn remember_pool_request(
+                &self,
+                tenant: &str,
+                request_id: &str,
+                (request, pool_id): (&str, &str),
+                (now, since): (u64, u64),
+            ) -> Result<Option<(String, String)>, Error> {
+                self.bounded(async {
+                    let mut tx = self.pool.begin().await.map_err(dir_err)?;
+                    let since = $crate::store::to_sql_version(since)?;
+                    sqlx::query("DELETE FROM pool_requests WHERE created_at < $1")
+                        .bind(since)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(dir_err)?;
+                    let inserted = sqlx::query(
+                        "INSERT INTO pool_requests \
+                             (tenant, request_id, request, pool_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (tenant, request_id) DO NOTHING",
+                    )
+                    .bind(tenant)
+                    .bind(request_id)
+                    .bind(request)
+                    .bind(pool_id)
+                    .bind($crate::store::to_sql_version(now)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(dir_err)?
+                    .rows_affected()
+                        == 1;
+                    let earlier: Option<(String, String)> = if inserted {
+                        None
+                    } else {
+                        sqlx::query_as(
+                            "SELECT request, pool_id FROM pool_requests \
+                             WHERE tenant = $1 AND request_id = $2",
+                        )
+                        .bind(tenant)
+                        .bind(request_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(dir_err)?
+                    };
+                    tx.commit().await.map_err(dir_err)?;
+                    Ok(earlier)
                 })
                 .await
             }

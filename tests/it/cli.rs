@@ -180,7 +180,7 @@ async fn bad_flags_and_urls_are_one_line_errors() {
     };
     assert_eq!(
         migrate().await,
-        "database sqlite://allot.db migrated: 1 init, 2 remote pools, 3 retired, 4 tenancy, 5 owners\n"
+        "database sqlite://allot.db migrated: 1 init, 2 remote pools, 3 retired, 4 tenancy, 5 owners, 6 pool requests\n"
     );
     assert!(dir.0.join("allot.db").exists());
     assert_eq!(

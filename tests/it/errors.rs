@@ -101,6 +101,7 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
         sub_pool: sub_pool.into(),
         options: HashMap::new(),
         v6,
+        ..Default::default()
     };
     let bad_pools = [
         pool("local", "10.1.2.300/24", "", false),

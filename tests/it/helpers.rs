@@ -408,6 +408,7 @@ pub async fn request_pool(
         sub_pool: sub_pool.into(),
         options: HashMap::new(),
         v6: pool.contains(':'),
+        ..Default::default()
     })
     .await
     .map(|r| r.into_inner().pool_id)

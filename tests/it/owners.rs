@@ -447,3 +447,88 @@ async fn owners_are_released_and_collected() {
         app.stop().await;
     }
 }
+
+/// RequestPool with a request_id: a retry returns the same pool (exact and dynamic), on
+/// another replica too; an id reused for another request, or whose pool was released, says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_pool_request_returns_the_same_pool() {
+    let ask = |pool: &str, request_id: &str| pb::RequestPoolRequest {
+        address_space: "local".into(),
+        pool: pool.into(),
+        request_id: request_id.into(),
+        ..Default::default()
+    };
+    for (backend, store, _keep) in backends().await {
+        let app = spawn_app(store).await;
+        let mut c = app.client.clone();
+        let made = |r: Result<tonic::Response<pb::RequestPoolResponse>, tonic::Status>| {
+            r.map(|r| r.into_inner().pool_id)
+        };
+        let first = made(c.request_pool(ask("10.48.0.0/24", "net-1")).await).unwrap();
+        let again = made(c.request_pool(ask("10.48.0.0/24", "net-1")).await).unwrap();
+        assert_eq!(again, first, "{backend}: not ALREADY_EXISTS");
+        // Dynamic: the next free subnet once, not twice.
+        let d1 = made(c.request_pool(ask("", "net-2")).await).unwrap();
+        let d2 = made(c.request_pool(ask("", "net-2")).await).unwrap();
+        assert_eq!(d1, d2, "{backend}");
+        // Without an id, as before.
+        let dup = c.request_pool(ask("10.48.0.0/24", "")).await.unwrap_err();
+        assert_eq!(dup.code(), Code::AlreadyExists);
+        // Reused for another request; its pool released since.
+        let other = c
+            .request_pool(ask("10.49.0.0/24", "net-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), Code::InvalidArgument, "{backend}: {other:?}");
+        c.release_pool(pb::ReleasePoolRequest {
+            pool_id: first.clone(),
+        })
+        .await
+        .unwrap();
+        let gone = c
+            .request_pool(ask("10.48.0.0/24", "net-1"))
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound, "{backend}: {gone:?}");
+        app.stop().await;
+    }
+}
+
+/// The same request_id through two replicas at once (one Postgres): one pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_make_one_pool_of_one_request_id() {
+    let db = PgDb::fresh("request_ids").await;
+    let dir = TempDir::new("request-ids");
+    let a = Server::start(&db.url, &dir.0);
+    let b = Server::start(&db.url, &dir.0);
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    for round in 0..10 {
+        let ask = pb::RequestPoolRequest {
+            address_space: "local".into(),
+            request_id: format!("net-{round}"),
+            ..Default::default()
+        };
+        let (x, y) = tokio::join!(ca.request_pool(ask.clone()), cb.request_pool(ask));
+        let (x, y) = (x.unwrap().into_inner(), y.unwrap().into_inner());
+        assert_eq!(x.pool_id, y.pool_id, "round {round}");
+    }
+    // A pool the loser of a race made and released reaches the other replica's cache a few
+    // milliseconds later: wait for the listings to settle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pools = ca
+            .list_pools(pb::ListPoolsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .pools;
+        if pools.len() == 10 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one pool per request id: {pools:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
