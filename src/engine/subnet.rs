@@ -11,6 +11,8 @@ use ipnet::IpNet;
 use super::addrset::{AddrSet, OrdRange};
 use super::error::Error;
 use super::id::{PoolId, check_sub_pool};
+use std::sync::Arc;
+
 use super::owners::{Holder, Owner, Owners};
 use super::request::AddressRequest;
 
@@ -62,8 +64,10 @@ pub struct Subnet {
     // Invariant: the outermost pool ranges (their union, as disjoint ranges in order), each
     // with the number of its addresses in use.
     union: Vec<Tally>,
-    // Invariant: every ordinal held is in use in `addrs`.
-    owners: Owners,
+    // Invariant: every ordinal held is in use in `addrs`. Shared between copies of the subnet
+    // (the driver copies a subnet for each batch) and copied only when a holder changes, so
+    // that allocations without an owner never pay for the owners a subnet holds.
+    owners: Arc<Owners>,
 }
 
 /// An address handed out: fresh, or the one its owner already held in the pool.
@@ -141,7 +145,7 @@ impl Subnet {
             pools: BTreeMap::new(),
             n_allocated,
             union: Vec::new(),
-            owners: Owners::default(),
+            owners: Arc::default(),
         };
         for sub_pool in pools {
             check_sub_pool(subnet.net(), sub_pool)?;
@@ -166,7 +170,7 @@ impl Subnet {
                 reason: "an owner holds an address that is not in use",
             });
         }
-        self.owners = owners;
+        self.owners = Arc::new(owners);
         Ok(self)
     }
 
@@ -377,7 +381,7 @@ impl Subnet {
                 owner: owner.clone(),
                 since_ms: req.at_ms,
             };
-            self.owners.insert(ordinal, holder);
+            Arc::make_mut(&mut self.owners).insert(ordinal, holder);
         }
         Ok(Allocation {
             address,
@@ -432,8 +436,10 @@ impl Subnet {
         match self.addrs.remove(address) {
             Some(true) => {
                 self.tally(address, false);
-                if let Some(ordinal) = self.addrs.ordinal(address) {
-                    self.owners.remove(ordinal);
+                if let Some(ordinal) = self.addrs.ordinal(address)
+                    && self.owners.holder(ordinal).is_some()
+                {
+                    Arc::make_mut(&mut self.owners).remove(ordinal);
                 }
                 Ok(true)
             }

@@ -17,8 +17,8 @@ use crate::engine::Subnet;
 
 type Key = (String, String, String);
 
-/// A stored subnet: version, encoded state, pool keys, owner rows.
-type Row = (u64, Vec<u8>, Vec<String>, Vec<(String, OwnerRow)>);
+/// A stored subnet: version, encoded state, pool keys, owner rows by address.
+type Row = (u64, Vec<u8>, Vec<String>, BTreeMap<String, OwnerRow>);
 
 /// Subnets in a map, lost when the process exits.
 #[derive(Debug)]
@@ -91,7 +91,7 @@ fn row(subnet: &Subnet, version: u64) -> Row {
         version,
         subnet.addrs().encode(),
         subnet.pools().map(pool_key).collect(),
-        owner_rows_of(subnet),
+        owner_rows_of(subnet).into_iter().collect(),
     )
 }
 
@@ -103,7 +103,7 @@ fn record(
     let decoded = decode_subnet(space, subnet, state, pools)?;
     Ok(SubnetRecord {
         space: space.to_owned(),
-        subnet: with_owner_rows(space, decoded, owners.clone())?,
+        subnet: with_owner_rows(space, decoded, owners.clone().into_iter().collect())?,
         version: *version,
     })
 }
@@ -181,7 +181,21 @@ impl Store for MemoryStore {
                 subnet: k.2,
             }),
             Some(stored) => {
-                *stored = row(subnet, version);
+                // The owner rows the change wrote, as the SQL stores apply them: the others
+                // stay as they are (no cost per owner on each change).
+                let mut owners = std::mem::take(&mut stored.3);
+                for (address, row) in change.owner_rows() {
+                    match row {
+                        Some(row) => owners.insert(address, row),
+                        None => owners.remove(&address),
+                    };
+                }
+                *stored = (
+                    version,
+                    subnet.addrs().encode(),
+                    subnet.pools().map(pool_key).collect(),
+                    owners,
+                );
                 Ok(())
             }
         }
