@@ -53,13 +53,49 @@ pub struct Holder {
     pub since_ms: u64,
 }
 
-/// The holders of a subnet's ordinals.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Owners {
-    // Invariant: `by_owner` is exactly the inverse of `by_ordinal`, without empty sets.
-    by_ordinal: BTreeMap<u128, Holder>,
-    by_owner: HashMap<Owner, BTreeSet<u128>>,
+/// Ordinals per chunk of the holder map: a copy of the holders shares every chunk but the
+/// ones a change touches (the driver copies a subnet for every batch).
+const CHUNK_SHIFT: u32 = 10;
+
+/// Buckets of the owner index, shared between copies the same way.
+const BUCKETS: usize = 64;
+
+fn chunk_of(ordinal: u128) -> u128 {
+    ordinal >> CHUNK_SHIFT
 }
+
+/// The bucket of an owner: FNV-1a of its bytes (deterministic, no hasher state).
+fn bucket_of(owner: &Owner) -> usize {
+    let hash = owner
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    usize::try_from(hash % BUCKETS as u64).unwrap_or(0)
+}
+
+/// The holders of a subnet's ordinals, in pieces that copies share: changing one holder copies
+/// one chunk of the map and one bucket of the index, whatever the number of holders.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    // Invariant: no empty chunk; chunk `c` holds the ordinals `o` with `o >> CHUNK_SHIFT == c`.
+    by_ordinal: BTreeMap<u128, Arc<BTreeMap<u128, Holder>>>,
+    // Invariant: empty, or `BUCKETS` buckets; exactly the inverse of `by_ordinal`, each owner in
+    // bucket `bucket_of`, without empty sets.
+    by_owner: Vec<Arc<HashMap<Owner, BTreeSet<u128>>>>,
+    // Invariant: the number of ordinals held.
+    len: usize,
+}
+
+impl PartialEq for Owners {
+    fn eq(&self, other: &Self) -> bool {
+        // The index follows from the map.
+        self.len == other.len && self.by_ordinal == other.by_ordinal
+    }
+}
+
+impl Eq for Owners {}
 
 impl Owners {
     /// Rebuilds the holders from stored rows.
@@ -75,26 +111,29 @@ impl Owners {
     /// The number of ordinals held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.by_ordinal.len()
+        self.len
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.by_ordinal.is_empty()
+        self.len == 0
     }
 
     /// Who holds `ordinal`, if anyone.
     #[must_use]
     pub fn holder(&self, ordinal: u128) -> Option<&Holder> {
-        self.by_ordinal.get(&ordinal)
+        self.by_ordinal.get(&chunk_of(ordinal))?.get(&ordinal)
+    }
+
+    fn held(&self, owner: &Owner) -> Option<&BTreeSet<u128>> {
+        self.by_owner.get(bucket_of(owner))?.get(owner)
     }
 
     /// The lowest ordinal of `range` that `owner` holds: what an owner asking a pool again
     /// gets back.
     #[must_use]
     pub fn held_in(&self, owner: &Owner, range: OrdRange) -> Option<u128> {
-        self.by_owner
-            .get(owner)?
+        self.held(owner)?
             .range(range.first..=range.last)
             .next()
             .copied()
@@ -102,30 +141,50 @@ impl Owners {
 
     /// Every ordinal `owner` holds, in order.
     pub fn of<'a>(&'a self, owner: &Owner) -> impl Iterator<Item = u128> + 'a {
-        self.by_owner.get(owner).into_iter().flatten().copied()
+        self.held(owner).into_iter().flatten().copied()
     }
 
     /// Records that `holder` holds `ordinal` (replacing whoever held it).
     pub fn insert(&mut self, ordinal: u128, holder: Holder) {
         let owner = holder.owner.clone();
-        if let Some(old) = self.by_ordinal.insert(ordinal, holder) {
-            self.unindex(&old.owner, ordinal);
+        let chunk = Arc::make_mut(self.by_ordinal.entry(chunk_of(ordinal)).or_default());
+        match chunk.insert(ordinal, holder) {
+            Some(old) => self.unindex(&old.owner, ordinal),
+            None => self.len += 1,
         }
-        self.by_owner.entry(owner).or_default().insert(ordinal);
+        if self.by_owner.is_empty() {
+            self.by_owner = vec![Arc::default(); BUCKETS];
+        }
+        let bucket = Arc::make_mut(&mut self.by_owner[bucket_of(&owner)]);
+        bucket.entry(owner).or_default().insert(ordinal);
     }
 
     /// Forgets who held `ordinal`; returns who it was.
     pub fn remove(&mut self, ordinal: u128) -> Option<Holder> {
-        let old = self.by_ordinal.remove(&ordinal)?;
+        let key = chunk_of(ordinal);
+        let chunk = self.by_ordinal.get_mut(&key)?;
+        if !chunk.contains_key(&ordinal) {
+            return None;
+        }
+        let chunk = Arc::make_mut(chunk);
+        let old = chunk.remove(&ordinal)?;
+        if chunk.is_empty() {
+            self.by_ordinal.remove(&key);
+        }
+        self.len -= 1;
         self.unindex(&old.owner, ordinal);
         Some(old)
     }
 
     fn unindex(&mut self, owner: &Owner, ordinal: u128) {
-        if let Some(set) = self.by_owner.get_mut(owner) {
+        let Some(bucket) = self.by_owner.get_mut(bucket_of(owner)) else {
+            return;
+        };
+        let bucket = Arc::make_mut(bucket);
+        if let Some(set) = bucket.get_mut(owner) {
             set.remove(&ordinal);
             if set.is_empty() {
-                self.by_owner.remove(owner);
+                bucket.remove(owner);
             }
         }
     }
@@ -133,7 +192,8 @@ impl Owners {
     /// The holders of `range`, in order of ordinal.
     pub fn in_range(&self, range: OrdRange) -> impl Iterator<Item = (u128, &Holder)> + '_ {
         self.by_ordinal
-            .range(range.first..=range.last)
+            .range(chunk_of(range.first)..=chunk_of(range.last))
+            .flat_map(move |(_, chunk)| chunk.range(range.first..=range.last))
             .map(|(o, h)| (*o, h))
     }
 
@@ -177,10 +237,13 @@ impl Owners {
     /// The memory the holders take on the heap, roughly (entries, not the maps' slack).
     #[must_use]
     pub fn heap_bytes(&self) -> usize {
-        self.by_ordinal
-            .values()
-            .map(|h| size_of::<(u128, Holder)>() + size_of::<u128>() + h.owner.0.len())
-            .sum()
+        self.in_range(OrdRange {
+            first: 0,
+            last: u128::MAX,
+        })
+        .map(|(_, h)| size_of::<(u128, Holder)>() + size_of::<u128>() + h.owner.0.len())
+        .sum::<usize>()
+            + self.by_owner.len() * size_of::<HashMap<Owner, BTreeSet<u128>>>()
     }
 }
 
@@ -234,9 +297,42 @@ mod tests {
         assert_eq!(o.of(&owner("b")).collect::<Vec<_>>(), [10, 20]);
         assert_eq!(o.remove(200).map(|h| h.since_ms), Some(2));
         assert_eq!(o.of(&owner("a")).count(), 0);
-        assert!(!o.by_owner.contains_key(&owner("a")), "no empty sets kept");
+        assert!(o.held(&owner("a")).is_none(), "no empty sets kept");
         assert_eq!(o.remove(200), None);
         assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn copies_share_what_a_change_does_not_touch() {
+        let mut a = Owners::default();
+        for o in 0..5_000u128 {
+            a.insert(o * 3, holder(&format!("c{o}"), 1));
+        }
+        assert_eq!(a.len(), 5_000);
+        let mut b = a.clone();
+        b.insert(1, holder("new", 2));
+        assert_eq!(b.remove(3 * 4_000).map(|h| h.owner), Some(owner("c4000")));
+        // The original is untouched; the copy shares every chunk but the two it changed.
+        assert_eq!(a.len(), 5_000);
+        assert!(a.holder(1).is_none() && a.holder(12_000).is_some());
+        let shared = a
+            .by_ordinal
+            .iter()
+            .filter(|(k, chunk)| b.by_ordinal.get(k).is_some_and(|c| Arc::ptr_eq(c, chunk)))
+            .count();
+        assert_eq!(shared, a.by_ordinal.len() - 2);
+        // Ranges across chunk boundaries, in order.
+        let got: Vec<u128> = b.in_range(range(1_020, 1_040)).map(|(o, _)| o).collect();
+        assert_eq!(got, [1_020, 1_023, 1_026, 1_029, 1_032, 1_035, 1_038]);
+        // Undone, equal again; the index follows.
+        b.remove(1);
+        b.insert(12_000, holder("c4000", 1));
+        assert_eq!(a, b);
+        assert_eq!(
+            b.held_in(&owner("c4000"), range(0, u128::MAX)),
+            Some(12_000)
+        );
+        assert_eq!(b.held_in(&owner("new"), range(0, u128::MAX)), None);
     }
 
     #[test]
