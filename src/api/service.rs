@@ -69,7 +69,7 @@ impl IpamApi {
     }
 }
 
-fn invalid_owner(reason: &str) -> Status {
+fn invalid_request(reason: &str) -> Status {
     status(&ipam::Error::Invalid(reason.to_owned()))
 }
 
@@ -314,7 +314,7 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let r = request.get_ref();
         let owner = proto::owner(&r.owner)
             .map_err(invalid)?
-            .ok_or_else(|| invalid_owner("an owner is required"))?;
+            .ok_or_else(|| invalid_request("an owner is required"))?;
         let pools = proto::pool_ids(&r.pool_ids).map_err(invalid)?;
         let result = super::reclaim::release_owner(ipam.as_ref(), &owner, pools)
             .await
@@ -333,11 +333,11 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         let (caller, ipam) = self.driver(&request).await?;
         let r = request.get_ref();
         if r.pool_ids.is_empty() {
-            return Err(invalid_owner("name at least one pool to collect in"));
+            return Err(invalid_request("name at least one pool to collect in"));
         }
         let pools = proto::pool_ids(&r.pool_ids).map_err(invalid)?;
         let min_age = u64::try_from(r.min_age_seconds)
-            .map_err(|_| invalid_owner("min_age_seconds is negative"))?;
+            .map_err(|_| invalid_request("min_age_seconds is negative"))?;
         let live = r.live_owners.iter().cloned().collect();
         let result = super::reclaim::garbage_collect(
             ipam.as_ref(),
