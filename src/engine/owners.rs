@@ -1,10 +1,11 @@
-//! Who holds which address of a subnet (issue #11's groundwork; the driver does not use it
-//! yet): an owner — an orchestrator's name for what holds an address, e.g. `<container
-//! id>/<ifname>` — and since when, per allocated ordinal, with an index by owner, so that an
-//! owner asking a pool again finds the address it holds there in O(log n).
+//! Who holds which address of a subnet: an owner — an orchestrator's name for what holds an
+//! address, e.g. `<container id>/<ifname>` — and since when, per allocated ordinal, with an
+//! index by owner, so that an owner asking a pool again finds the address it holds there in
+//! O(log n).
 //!
 //! Allocations without an owner have no entry: they cost nothing here.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -57,22 +58,77 @@ pub struct Holder {
 /// ones a change touches (the driver copies a subnet for every batch).
 const CHUNK_SHIFT: u32 = 10;
 
-/// Buckets of the owner index, shared between copies the same way.
-const BUCKETS: usize = 64;
+/// Buckets of the owner index (`1 << BUCKET_BITS`, kept only when not empty), shared between
+/// copies the same way: a batch of new owners copies the few entries of the buckets it touches.
+const BUCKET_BITS: u32 = 10;
 
 fn chunk_of(ordinal: u128) -> u128 {
     ordinal >> CHUNK_SHIFT
 }
 
-/// The bucket of an owner: FNV-1a of its bytes (deterministic, no hasher state).
-fn bucket_of(owner: &Owner) -> usize {
+/// The bucket of an owner: the top bits of FNV-1a of its bytes (deterministic, no hasher
+/// state).
+fn bucket_of(owner: &Owner) -> u16 {
     let hash = owner
         .as_str()
         .bytes()
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
         });
-    usize::try_from(hash % BUCKETS as u64).unwrap_or(0)
+    u16::try_from(hash >> (64 - BUCKET_BITS)).unwrap_or(0)
+}
+
+/// The ordinals an owner holds in a subnet: nearly always one, so one costs no allocation
+/// (a bucket's copy is a copy of its entries).
+#[derive(Debug, Clone)]
+enum Held {
+    One(u128),
+    Many(BTreeSet<u128>),
+}
+
+impl Held {
+    fn first_in(&self, first: u128, last: u128) -> Option<u128> {
+        match self {
+            Self::One(o) => (first..=last).contains(o).then_some(*o),
+            Self::Many(set) => set.range(first..=last).next().copied(),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = u128> + '_ {
+        let (one, many) = match self {
+            Self::One(o) => (Some(*o), None),
+            Self::Many(set) => (None, Some(set.iter().copied())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn insert(&mut self, ordinal: u128) {
+        match self {
+            Self::One(o) if *o == ordinal => {}
+            Self::One(o) => *self = Self::Many(BTreeSet::from([*o, ordinal])),
+            Self::Many(set) => {
+                set.insert(ordinal);
+            }
+        }
+    }
+
+    /// Removes `ordinal`; tells whether anything is left.
+    fn remove(&mut self, ordinal: u128) -> bool {
+        match self {
+            Self::One(o) => *o != ordinal,
+            Self::Many(set) => {
+                set.remove(&ordinal);
+                match (set.len(), set.first()) {
+                    (0, _) => false,
+                    (1, Some(&left)) => {
+                        *self = Self::One(left);
+                        true
+                    }
+                    _ => true,
+                }
+            }
+        }
+    }
 }
 
 /// The holders of a subnet's ordinals, in pieces that copies share: changing one holder copies
@@ -81,9 +137,9 @@ fn bucket_of(owner: &Owner) -> usize {
 pub struct Owners {
     // Invariant: no empty chunk; chunk `c` holds the ordinals `o` with `o >> CHUNK_SHIFT == c`.
     by_ordinal: BTreeMap<u128, Arc<BTreeMap<u128, Holder>>>,
-    // Invariant: empty, or `BUCKETS` buckets; exactly the inverse of `by_ordinal`, each owner in
-    // bucket `bucket_of`, without empty sets.
-    by_owner: Vec<Arc<HashMap<Owner, BTreeSet<u128>>>>,
+    // Invariant: exactly the inverse of `by_ordinal`, each owner in bucket `bucket_of`; no
+    // empty bucket.
+    by_owner: BTreeMap<u16, Arc<HashMap<Owner, Held>>>,
     // Invariant: the number of ordinals held.
     len: usize,
 }
@@ -125,23 +181,20 @@ impl Owners {
         self.by_ordinal.get(&chunk_of(ordinal))?.get(&ordinal)
     }
 
-    fn held(&self, owner: &Owner) -> Option<&BTreeSet<u128>> {
-        self.by_owner.get(bucket_of(owner))?.get(owner)
+    fn held(&self, owner: &Owner) -> Option<&Held> {
+        self.by_owner.get(&bucket_of(owner))?.get(owner)
     }
 
     /// The lowest ordinal of `range` that `owner` holds: what an owner asking a pool again
     /// gets back.
     #[must_use]
     pub fn held_in(&self, owner: &Owner, range: OrdRange) -> Option<u128> {
-        self.held(owner)?
-            .range(range.first..=range.last)
-            .next()
-            .copied()
+        self.held(owner)?.first_in(range.first, range.last)
     }
 
     /// Every ordinal `owner` holds, in order.
     pub fn of<'a>(&'a self, owner: &Owner) -> impl Iterator<Item = u128> + 'a {
-        self.held(owner).into_iter().flatten().copied()
+        self.held(owner).into_iter().flat_map(Held::iter)
     }
 
     /// Records that `holder` holds `ordinal` (replacing whoever held it).
@@ -152,11 +205,13 @@ impl Owners {
             Some(old) => self.unindex(&old.owner, ordinal),
             None => self.len += 1,
         }
-        if self.by_owner.is_empty() {
-            self.by_owner = vec![Arc::default(); BUCKETS];
+        let bucket = Arc::make_mut(self.by_owner.entry(bucket_of(&owner)).or_default());
+        match bucket.entry(owner) {
+            Entry::Occupied(mut held) => held.get_mut().insert(ordinal),
+            Entry::Vacant(v) => {
+                v.insert(Held::One(ordinal));
+            }
         }
-        let bucket = Arc::make_mut(&mut self.by_owner[bucket_of(&owner)]);
-        bucket.entry(owner).or_default().insert(ordinal);
     }
 
     /// Forgets who held `ordinal`; returns who it was.
@@ -177,14 +232,17 @@ impl Owners {
     }
 
     fn unindex(&mut self, owner: &Owner, ordinal: u128) {
-        let Some(bucket) = self.by_owner.get_mut(bucket_of(owner)) else {
+        let key = bucket_of(owner);
+        let Some(bucket) = self.by_owner.get_mut(&key) else {
             return;
         };
         let bucket = Arc::make_mut(bucket);
-        if let Some(set) = bucket.get_mut(owner) {
-            set.remove(&ordinal);
-            if set.is_empty() {
-                bucket.remove(owner);
+        if let Some(held) = bucket.get_mut(owner)
+            && !held.remove(ordinal)
+        {
+            bucket.remove(owner);
+            if bucket.is_empty() {
+                self.by_owner.remove(&key);
             }
         }
     }
@@ -241,9 +299,9 @@ impl Owners {
             first: 0,
             last: u128::MAX,
         })
-        .map(|(_, h)| size_of::<(u128, Holder)>() + size_of::<u128>() + h.owner.0.len())
+        .map(|(_, h)| size_of::<(u128, Holder)>() + size_of::<(Owner, Held)>() + h.owner.0.len())
         .sum::<usize>()
-            + self.by_owner.len() * size_of::<HashMap<Owner, BTreeSet<u128>>>()
+            + self.by_owner.len() * size_of::<HashMap<Owner, Held>>()
     }
 }
 
@@ -298,6 +356,10 @@ mod tests {
         assert_eq!(o.remove(200).map(|h| h.since_ms), Some(2));
         assert_eq!(o.of(&owner("a")).count(), 0);
         assert!(o.held(&owner("a")).is_none(), "no empty sets kept");
+        assert!(matches!(o.held(&owner("b")), Some(Held::Many(_))));
+        o.remove(20);
+        assert!(matches!(o.held(&owner("b")), Some(Held::One(10))));
+        o.insert(20, holder("b", 3));
         assert_eq!(o.remove(200), None);
         assert_eq!(o.len(), 2);
     }
@@ -333,6 +395,11 @@ mod tests {
             Some(12_000)
         );
         assert_eq!(b.held_in(&owner("new"), range(0, u128::MAX)), None);
+        // Buckets are kept only while they hold someone.
+        let mut c = Owners::from_rows([(7, holder("x", 1))]);
+        assert_eq!(c.by_owner.len(), 1);
+        c.remove(7);
+        assert!(c.by_owner.is_empty() && c.by_ordinal.is_empty() && c.is_empty());
     }
 
     #[test]
