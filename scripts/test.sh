@@ -50,10 +50,15 @@ if ! prepare_postgres; then
 fi
 
 # openssl makes the TLS tests' certificates; h2load (nghttp2-client) measures the server from
-# outside in the tenancy benchmark's smoke run. Installed where missing, when we can.
+# outside in the tenancy benchmark's smoke run; the CNI chain test runs Debian's bridge plugin
+# (containernetworking-plugins) in network namespaces (iproute2) and pings with busybox.
+# Installed where missing, when we can.
 missing=()
 command -v openssl >/dev/null || missing+=(openssl)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+command -v busybox >/dev/null || missing+=(busybox-static)
+command -v ip >/dev/null || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${missing[*]}" >&2

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod engine;
 pub mod ipam;

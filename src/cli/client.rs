@@ -5,11 +5,14 @@ use anyhow::Context;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::auth::TENANT_HEADER;
 use crate::proto::admin_pb::admin_service_client::AdminServiceClient;
 use crate::proto::pb::ipam_service_client::IpamServiceClient;
+
+/// How long connecting to the server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where the server is and who calls it.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,7 +76,11 @@ pub type IpamClient = IpamServiceClient<InterceptedService<Channel, Credentials>
 pub type AdminClient = AdminServiceClient<InterceptedService<Channel, Credentials>>;
 
 impl Target {
-    fn credentials(&self) -> anyhow::Result<Credentials> {
+    /// The credentials to call with, read and checked.
+    ///
+    /// # Errors
+    /// An unreadable token file, a malformed token or tenant.
+    pub fn credentials(&self) -> anyhow::Result<Credentials> {
         let token = match (&self.token, &self.token_file) {
             (Some(token), _) => Some(token.trim().to_owned()),
             (None, Some(path)) => Some(
@@ -108,14 +115,19 @@ impl Target {
         })
     }
 
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    /// Where to connect and how (TLS files read), without connecting yet.
+    ///
+    /// # Errors
+    /// A malformed URL, certificates for a plaintext server, an unreadable certificate.
+    pub fn endpoint(&self) -> anyhow::Result<Endpoint> {
         let url = if self.server.contains("://") {
             self.server.clone()
         } else {
             format!("http://{}", self.server)
         };
-        let mut endpoint =
-            Channel::from_shared(url.clone()).with_context(|| format!("server {url}"))?;
+        let mut endpoint = Channel::from_shared(url.clone())
+            .with_context(|| format!("server {url}"))?
+            .connect_timeout(CONNECT_TIMEOUT);
         if url.starts_with("https://") {
             endpoint = endpoint
                 .tls_config(self.tls()?)
@@ -126,6 +138,12 @@ impl Target {
             // Certificates for a plaintext server are a mistake worth saying.
             anyhow::bail!("server {url}: --ca-cert and --client-cert need an https:// server");
         }
+        Ok(endpoint)
+    }
+
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let endpoint = self.endpoint()?;
+        let url = endpoint.uri().to_string();
         endpoint
             .connect()
             .await

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 mod admin;
 mod client;
 
-pub use client::Target;
+pub use client::{IpamClient, Target};
 
 use crate::api::conn::{Gate, Incoming, Limits, raise_fd_limit};
 use crate::api::tls::Tls;

@@ -7,6 +7,8 @@
 mod abuse;
 mod architecture;
 mod cli;
+mod cni;
+mod cni_bridge;
 mod durability;
 mod errors;
 mod grpcurl;
