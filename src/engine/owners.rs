@@ -5,9 +5,10 @@
 //!
 //! Allocations without an owner have no entry: they cost nothing here.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use imbl::{HashMap, OrdMap};
 
 use super::addrset::OrdRange;
 
@@ -54,32 +55,7 @@ pub struct Holder {
     pub since_ms: u64,
 }
 
-/// Ordinals per chunk of the holder map: a copy of the holders shares every chunk but the
-/// ones a change touches (the driver copies a subnet for every batch).
-const CHUNK_SHIFT: u32 = 10;
-
-/// Buckets of the owner index (`1 << BUCKET_BITS`, kept only when not empty), shared between
-/// copies the same way: a batch of new owners copies the few entries of the buckets it touches.
-const BUCKET_BITS: u32 = 10;
-
-fn chunk_of(ordinal: u128) -> u128 {
-    ordinal >> CHUNK_SHIFT
-}
-
-/// The bucket of an owner: the top bits of FNV-1a of its bytes (deterministic, no hasher
-/// state).
-fn bucket_of(owner: &Owner) -> u16 {
-    let hash = owner
-        .as_str()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    u16::try_from(hash >> (64 - BUCKET_BITS)).unwrap_or(0)
-}
-
-/// The ordinals an owner holds in a subnet: nearly always one, so one costs no allocation
-/// (a bucket's copy is a copy of its entries).
+/// The ordinals an owner holds in a subnet: nearly always one, kept inline.
 #[derive(Debug, Clone)]
 enum Held {
     One(u128),
@@ -131,23 +107,20 @@ impl Held {
     }
 }
 
-/// The holders of a subnet's ordinals, in pieces that copies share: changing one holder copies
-/// one chunk of the map and one bucket of the index, whatever the number of holders.
+/// The holders of a subnet's ordinals, in persistent maps (`imbl`'s B-tree and hash trie):
+/// a copy costs nothing, and a change to a copy copies only the nodes on its path, whatever
+/// the number of holders (the driver copies a subnet for every batch).
 #[derive(Debug, Clone, Default)]
 pub struct Owners {
-    // Invariant: no empty chunk; chunk `c` holds the ordinals `o` with `o >> CHUNK_SHIFT == c`.
-    by_ordinal: BTreeMap<u128, Arc<BTreeMap<u128, Holder>>>,
-    // Invariant: exactly the inverse of `by_ordinal`, each owner in bucket `bucket_of`; no
-    // empty bucket.
-    by_owner: BTreeMap<u16, Arc<HashMap<Owner, Held>>>,
-    // Invariant: the number of ordinals held.
-    len: usize,
+    by_ordinal: OrdMap<u128, Holder>,
+    // Invariant: exactly the inverse of `by_ordinal`.
+    by_owner: HashMap<Owner, Held>,
 }
 
 impl PartialEq for Owners {
     fn eq(&self, other: &Self) -> bool {
         // The index follows from the map.
-        self.len == other.len && self.by_ordinal == other.by_ordinal
+        self.by_ordinal == other.by_ordinal
     }
 }
 
@@ -167,22 +140,22 @@ impl Owners {
     /// The number of ordinals held.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.len
+        self.by_ordinal.len()
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.by_ordinal.is_empty()
     }
 
     /// Who holds `ordinal`, if anyone.
     #[must_use]
     pub fn holder(&self, ordinal: u128) -> Option<&Holder> {
-        self.by_ordinal.get(&chunk_of(ordinal))?.get(&ordinal)
+        self.by_ordinal.get(&ordinal)
     }
 
     fn held(&self, owner: &Owner) -> Option<&Held> {
-        self.by_owner.get(&bucket_of(owner))?.get(owner)
+        self.by_owner.get(owner)
     }
 
     /// The lowest ordinal of `range` that `owner` holds: what an owner asking a pool again
@@ -200,58 +173,36 @@ impl Owners {
     /// Records that `holder` holds `ordinal` (replacing whoever held it).
     pub fn insert(&mut self, ordinal: u128, holder: Holder) {
         let owner = holder.owner.clone();
-        let chunk = Arc::make_mut(self.by_ordinal.entry(chunk_of(ordinal)).or_default());
-        match chunk.insert(ordinal, holder) {
-            Some(old) => self.unindex(&old.owner, ordinal),
-            None => self.len += 1,
+        if let Some(old) = self.by_ordinal.insert(ordinal, holder) {
+            self.unindex(&old.owner, ordinal);
         }
-        let bucket = Arc::make_mut(self.by_owner.entry(bucket_of(&owner)).or_default());
-        match bucket.entry(owner) {
-            Entry::Occupied(mut held) => held.get_mut().insert(ordinal),
-            Entry::Vacant(v) => {
-                v.insert(Held::One(ordinal));
+        match self.by_owner.get_mut(&owner) {
+            Some(held) => held.insert(ordinal),
+            None => {
+                self.by_owner.insert(owner, Held::One(ordinal));
             }
         }
     }
 
     /// Forgets who held `ordinal`; returns who it was.
     pub fn remove(&mut self, ordinal: u128) -> Option<Holder> {
-        let key = chunk_of(ordinal);
-        let chunk = self.by_ordinal.get_mut(&key)?;
-        if !chunk.contains_key(&ordinal) {
-            return None;
-        }
-        let chunk = Arc::make_mut(chunk);
-        let old = chunk.remove(&ordinal)?;
-        if chunk.is_empty() {
-            self.by_ordinal.remove(&key);
-        }
-        self.len -= 1;
+        let old = self.by_ordinal.remove(&ordinal)?;
         self.unindex(&old.owner, ordinal);
         Some(old)
     }
 
     fn unindex(&mut self, owner: &Owner, ordinal: u128) {
-        let key = bucket_of(owner);
-        let Some(bucket) = self.by_owner.get_mut(&key) else {
-            return;
-        };
-        let bucket = Arc::make_mut(bucket);
-        if let Some(held) = bucket.get_mut(owner)
+        if let Some(held) = self.by_owner.get_mut(owner)
             && !held.remove(ordinal)
         {
-            bucket.remove(owner);
-            if bucket.is_empty() {
-                self.by_owner.remove(&key);
-            }
+            self.by_owner.remove(owner);
         }
     }
 
     /// The holders of `range`, in order of ordinal.
     pub fn in_range(&self, range: OrdRange) -> impl Iterator<Item = (u128, &Holder)> + '_ {
         self.by_ordinal
-            .range(chunk_of(range.first)..=chunk_of(range.last))
-            .flat_map(move |(_, chunk)| chunk.range(range.first..=range.last))
+            .range(range.first..=range.last)
             .map(|(o, h)| (*o, h))
     }
 
@@ -301,7 +252,6 @@ impl Owners {
         })
         .map(|(_, h)| size_of::<(u128, Holder)>() + size_of::<(Owner, Held)>() + h.owner.0.len())
         .sum::<usize>()
-            + self.by_owner.len() * size_of::<HashMap<Owner, Held>>()
     }
 }
 
@@ -374,16 +324,12 @@ mod tests {
         let mut b = a.clone();
         b.insert(1, holder("new", 2));
         assert_eq!(b.remove(3 * 4_000).map(|h| h.owner), Some(owner("c4000")));
-        // The original is untouched; the copy shares every chunk but the two it changed.
+        // The original is untouched.
         assert_eq!(a.len(), 5_000);
         assert!(a.holder(1).is_none() && a.holder(12_000).is_some());
-        let shared = a
-            .by_ordinal
-            .iter()
-            .filter(|(k, chunk)| b.by_ordinal.get(k).is_some_and(|c| Arc::ptr_eq(c, chunk)))
-            .count();
-        assert_eq!(shared, a.by_ordinal.len() - 2);
-        // Ranges across chunk boundaries, in order.
+        assert_eq!(b.len(), 5_000);
+        assert!(b.holder(1).is_some() && b.holder(12_000).is_none());
+        // Ranges in order.
         let got: Vec<u128> = b.in_range(range(1_020, 1_040)).map(|(o, _)| o).collect();
         assert_eq!(got, [1_020, 1_023, 1_026, 1_029, 1_032, 1_035, 1_038]);
         // Undone, equal again; the index follows.
@@ -395,7 +341,7 @@ mod tests {
             Some(12_000)
         );
         assert_eq!(b.held_in(&owner("new"), range(0, u128::MAX)), None);
-        // Buckets are kept only while they hold someone.
+        // No empty entry is kept.
         let mut c = Owners::from_rows([(7, holder("x", 1))]);
         assert_eq!(c.by_owner.len(), 1);
         c.remove(7);
