@@ -781,6 +781,47 @@ mod allocations {
     }
 
     #[test]
+    fn a_million_allocations_of_a_slash_8_page_exactly() {
+        let id: PoolId = "local/10.0.0.0/8".parse().unwrap();
+        let mut s = Subnet::create(&id).unwrap();
+        for i in 0..1_000_000u32 {
+            let req = AddressRequest {
+                owner: (i % 10 == 0).then(|| Owner::new(&format!("c{i}/eth0")).unwrap()),
+                ..AddressRequest::default()
+            };
+            s.allocate(&id, &req).unwrap();
+        }
+        // Every allocation once, in address order, a page of 1,000 at a time.
+        let (mut seen, mut owned, mut after, mut last) = (0, 0, None, None);
+        loop {
+            let page = s.allocations(None, after, ("", false), 1000);
+            for (address, holder) in &page {
+                assert!(last < Some(*address), "{address} after {last:?}");
+                last = Some(*address);
+                owned += usize::from(holder.is_some());
+            }
+            seen += page.len();
+            match page.last() {
+                Some((a, _)) if page.len() == 1000 => after = Some(*a),
+                _ => break,
+            }
+        }
+        assert_eq!((seen, owned), (1_000_000, 100_000));
+        assert_eq!(last, Some("10.15.66.64".parse().unwrap()));
+        // The owned ones only, the same way.
+        let (mut n, mut after) = (0, None);
+        loop {
+            let page = s.allocations(None, after, ("c", true), 1000);
+            n += page.len();
+            match page.last() {
+                Some((a, _)) if page.len() == 1000 => after = Some(*a),
+                _ => break,
+            }
+        }
+        assert_eq!(n, 100_000);
+    }
+
+    #[test]
     fn a_page_of_a_large_subnet_costs_what_it_holds() {
         let id: PoolId = "local/10.0.0.0/8".parse().unwrap();
         let mut s = Subnet::create(&id).unwrap();
