@@ -176,6 +176,15 @@ async fn invoke(
     }
 }
 
+/// Done, also when allot says the pool is gone: whatever it held went with it.
+fn gone_is_done<T>(outcome: Result<T, CniError>) -> Result<(), CniError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(e) if e.grpc == Some(Grpc::NotFound) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// A connection to allot for one invocation.
 struct Session<'a> {
     conf: &'a Config,
@@ -392,12 +401,7 @@ impl<'a> Session<'a> {
                 }),
             )
             .await;
-        match released {
-            Ok(_) => Ok(()),
-            // The pool is gone, and with it whatever the attachment held.
-            Err(e) if e.grpc == Some(Grpc::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+        gone_is_done(released)
     }
 
     async fn check(&self, env: &Env) -> Result<(), CniError> {
@@ -493,10 +497,6 @@ impl<'a> Session<'a> {
                 }),
             )
             .await;
-        match collected {
-            Ok(_) => Ok(()),
-            Err(e) if e.grpc == Some(Grpc::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+        gone_is_done(collected)
     }
 }
