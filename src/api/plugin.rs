@@ -57,9 +57,14 @@ impl Reply {
         Self::new(StatusCode::OK, body)
     }
 
-    /// A driver's refusal: 200 with `Error`.
+    /// A driver's refusal: 200 with `Error`, in Docker's default driver's words where it has
+    /// them, allot's detail after.
     fn refused(e: &ipam::Error) -> Self {
-        Self::ok(&wire::Failure::refusal(e.public_message()))
+        let message = match docker_wording(e) {
+            Some(words) => format!("{words}: {}", e.public_message()),
+            None => e.public_message(),
+        };
+        Self::ok(&wire::Failure::refusal(message))
     }
 
     /// A failure of the call itself: 400, 404 or 405 with `Err`.
@@ -86,6 +91,45 @@ impl From<engine::Error> for Reply {
     }
 }
 
+/// What Docker's default IPAM driver says for the same refusal (libnetwork's `ipamapi`
+/// errors), which Docker users search for and scripts match.
+fn docker_wording(e: &ipam::Error) -> Option<&'static str> {
+    use engine::Error as E;
+    let ipam::Error::Engine(e) = e else {
+        return None;
+    };
+    Some(match e {
+        E::Exhausted { .. } => "no available addresses on this pool",
+        E::AddressInUse { .. } => "Address already in use",
+        E::Overlap { .. } => "Pool overlaps with other one on this address space",
+        E::OutOfRange { .. } => "requested address is out of range",
+        E::NoMoreSubnets { .. } => "all predefined address pools have been fully subnetted",
+        E::InvalidAddressSpace { .. } => "invalid address space",
+        E::InvalidPrefix { .. } => "invalid address pool",
+        E::InvalidSubPool { .. } => "invalid address subpool",
+        _ => return None,
+    })
+}
+
+/// Records the outcome of a call that changes something: the audit line, and a refusal at
+/// `info` with its reason (an operator's answer to "why did `docker run` fail?").
+fn record<T>(tenant: &str, rpc: &str, pool: &str, address: &str, result: &Result<T, ipam::Error>) {
+    audit::plugin(tenant, rpc, pool, address, result);
+    if let Err(e) = result {
+        refused(rpc, pool, address, e);
+    }
+}
+
+fn refused(rpc: &str, pool: &str, address: &str, reason: &dyn std::fmt::Display) {
+    tracing::info!(
+        rpc,
+        pool = %engine::error::shown(pool),
+        address = %engine::error::shown(address),
+        %reason,
+        "docker plugin: refused"
+    );
+}
+
 /// A request body, read (at most [`MAX_BODY`]) and decoded; 400 when it cannot be.
 struct Call<T>(T);
 
@@ -93,7 +137,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Call<T> {
     type Rejection = Reply;
 
     async fn from_request(req: Request, _: &S) -> Result<Self, Reply> {
-        let bad = |message| Reply::failed(StatusCode::BAD_REQUEST, message);
+        let path = req.uri().path().to_owned();
+        let bad = |message: String| {
+            refused(path.rsplit('.').next().unwrap_or(&path), "", "", &message);
+            Reply::failed(StatusCode::BAD_REQUEST, message)
+        };
         let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
             .await
             .map_err(|e| bad(format!("cannot read the request body: {e}")))?;
@@ -135,6 +183,7 @@ impl FromRequestParts<Served> for Driver {
                     let result: Result<(), _> = Err(e.clone());
                     audit::plugin(&served.tenant, rpc, "", "", &result);
                 }
+                refused(path.rsplit('.').next().unwrap_or(path), "", "", &e);
                 Err(e.into())
             }
         }
@@ -154,16 +203,19 @@ fn routes(served: Served) -> axum::Router {
         .fallback(|req: Request| async move {
             let path = engine::error::shown(req.uri().path());
             let message = format!("{path} is not an endpoint of this IPAM plugin");
+            refused(&path, "", "", &message);
             Reply::failed(StatusCode::NOT_FOUND, message)
         })
-        .method_not_allowed_fallback(|| async {
+        .method_not_allowed_fallback(|req: Request| async move {
             let message = "the plugin protocol uses POST".to_owned();
+            refused(req.uri().path(), "", "", &message);
             Reply::failed(StatusCode::METHOD_NOT_ALLOWED, message)
         })
         .with_state(served)
 }
 
 async fn activate() -> Reply {
+    tracing::debug!("docker plugin: Activate");
     Reply::ok(&wire::Activated {
         implements: vec!["IpamDriver".to_owned()],
     })
@@ -171,6 +223,7 @@ async fn activate() -> Reply {
 
 async fn capabilities(Driver(ipam, _): Driver) -> Reply {
     let caps = ipam.capabilities();
+    tracing::debug!(?caps, "docker plugin: GetCapabilities");
     Reply::ok(&wire::Capabilities {
         requires_mac_address: caps.requires_mac_address,
         requires_request_replay: caps.requires_request_replay,
@@ -179,6 +232,7 @@ async fn capabilities(Driver(ipam, _): Driver) -> Reply {
 
 async fn address_spaces(Driver(ipam, _): Driver) -> Reply {
     let (local, global) = ipam.default_address_spaces();
+    tracing::debug!(local, global, "docker plugin: GetDefaultAddressSpaces");
     Reply::ok(&wire::AddressSpaces {
         local_default_address_space: local,
         global_default_address_space: global,
@@ -189,6 +243,7 @@ async fn request_pool(
     Driver(ipam, tenant): Driver,
     Call(b): Call<wire::RequestPool>,
 ) -> Result<Reply, Reply> {
+    tracing::debug!(request = ?b, "docker plugin: RequestPool");
     for key in b.options.keys() {
         tracing::debug!(key, "docker plugin: ignoring a pool option");
     }
@@ -201,7 +256,7 @@ async fn request_pool(
     let pool = result
         .as_ref()
         .map_or_else(|_| b.pool.clone(), ToString::to_string);
-    audit::plugin(&tenant, "RequestPool", &pool, "", &result);
+    record(&tenant, "RequestPool", &pool, "", &result);
     let id = result?;
     Ok(Reply::ok(&wire::PoolGiven {
         pool_id: id.to_string(),
@@ -214,12 +269,13 @@ async fn release_pool(
     Driver(ipam, tenant): Driver,
     Call(b): Call<wire::ReleasePool>,
 ) -> Result<Reply, Reply> {
+    tracing::debug!(request = ?b, "docker plugin: ReleasePool");
     let result = async {
         let id = proto::pool_id(&b.pool_id)?;
         ipam.release_pool(&id).await
     }
     .await;
-    audit::plugin(&tenant, "ReleasePool", &b.pool_id, "", &result);
+    record(&tenant, "ReleasePool", &b.pool_id, "", &result);
     result?;
     Ok(Reply::ok(&wire::Done {}))
 }
@@ -228,6 +284,7 @@ async fn request_address(
     Driver(ipam, tenant): Driver,
     Call(b): Call<wire::RequestAddress>,
 ) -> Result<Reply, Reply> {
+    tracing::debug!(request = ?b, "docker plugin: RequestAddress");
     let result = async {
         let id = proto::pool_id(&b.pool_id)?;
         let mut req = AddressRequest::parse(&id, &b.address, &b.options)?;
@@ -246,7 +303,7 @@ async fn request_address(
     let shown = result
         .as_ref()
         .map_or_else(|_| b.address.clone(), ToString::to_string);
-    audit::plugin(&tenant, "RequestAddress", &b.pool_id, &shown, &result);
+    record(&tenant, "RequestAddress", &b.pool_id, &shown, &result);
     let address = result?;
     Ok(Reply::ok(&wire::AddressGiven {
         address: address.to_string(),
@@ -258,13 +315,14 @@ async fn release_address(
     Driver(ipam, tenant): Driver,
     Call(b): Call<wire::ReleaseAddress>,
 ) -> Result<Reply, Reply> {
+    tracing::debug!(request = ?b, "docker plugin: ReleaseAddress");
     let result = async {
         let id = proto::pool_id(&b.pool_id)?;
         let address = engine::request::parse_address(&id, &b.address)?;
         ipam.release_address(&id, address, None).await
     }
     .await;
-    audit::plugin(&tenant, "ReleaseAddress", &b.pool_id, &b.address, &result);
+    record(&tenant, "ReleaseAddress", &b.pool_id, &b.address, &result);
     result?;
     Ok(Reply::ok(&wire::Done {}))
 }

@@ -463,7 +463,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Lines logged since it listened.
     pub log_lines: Arc<AtomicU32>,
-    // The audit lines (target `allot::audit`) logged since it listened.
+    // The audit lines (target `allot::audit`) and the plugin endpoint's lines logged since it
+    // listened.
     audit: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -520,7 +521,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 counted.fetch_add(1, Ordering::Relaxed);
-                if line.contains("allot::audit") {
+                if line.contains("allot::audit") || line.contains("docker plugin:") {
                     kept.lock().unwrap().push(line);
                 }
             }
@@ -535,7 +536,20 @@ impl Server {
 
     /// The audit lines logged so far.
     pub fn audit(&self) -> Vec<String> {
-        self.audit.lock().unwrap().clone()
+        let kept = self.audit.lock().unwrap();
+        kept.iter()
+            .filter(|l| l.contains("allot::audit"))
+            .cloned()
+            .collect()
+    }
+
+    /// The Docker plugin endpoint's lines logged so far (at `info`: its refusals).
+    pub fn plugin_log(&self) -> Vec<String> {
+        let kept = self.audit.lock().unwrap();
+        kept.iter()
+            .filter(|l| l.contains("docker plugin:"))
+            .cloned()
+            .collect()
     }
 
     pub async fn client(&self) -> Client {

@@ -148,14 +148,36 @@ async fn docker_creates_networks_on_allot_and_their_utilization_shows() {
         &socket,
         "/IpamDriver.RequestAddress",
         json!({"PoolID": id, "Address": "", "Options": {}}),
-        &[&id, "no free address"],
+        // Docker's default driver's words first, allot's detail after.
+        &[
+            "no available addresses on this pool: ",
+            &id,
+            "no free address",
+        ],
+    )
+    .await;
+    refused(
+        &socket,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": id, "Address": "192.168.10.1", "Options": {}}),
+        &["Address already in use: ", "192.168.10.1"],
+    )
+    .await;
+    refused(
+        &socket,
+        "/IpamDriver.RequestAddress",
+        json!({"PoolID": id, "Address": "10.0.0.1", "Options": {}}),
+        &["requested address is out of range: ", "10.0.0.1"],
     )
     .await;
     refused(
         &socket,
         "/IpamDriver.RequestPool",
         pool_body("local", "192.168.0.0/16", ""),
-        &["192.168.10.0/24"],
+        &[
+            "Pool overlaps with other one on this address space: ",
+            "192.168.10.0/24",
+        ],
     )
     .await;
     refused(
@@ -321,4 +343,12 @@ async fn the_plugin_serves_one_tenant() {
         })
     };
     assert!(seen("NOT_FOUND") && seen("OK"), "{audit:#?}");
+    // Refusals are logged at info with their reason, for the operator.
+    let refusals = server.plugin_log();
+    assert!(
+        refusals.iter().any(|l| l.contains("docker plugin: refused")
+            && l.contains("\"rpc\":\"RequestPool\"")
+            && l.contains("tenant \\\"docker\\\" not found")),
+        "{refusals:#?}"
+    );
 }
