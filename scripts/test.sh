@@ -59,6 +59,8 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 command -v busybox >/dev/null || missing+=(busybox-static)
 command -v ip >/dev/null || missing+=(iproute2)
+# The Docker tests run a real dockerd of their own (Debian's docker.io).
+command -v dockerd >/dev/null || missing+=(docker.io)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${missing[*]}" >&2

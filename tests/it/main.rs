@@ -9,6 +9,7 @@ mod architecture;
 mod cli;
 mod cni;
 mod cni_bridge;
+mod docker;
 mod durability;
 mod errors;
 mod grpcurl;

@@ -1,0 +1,502 @@
+//! allot under a real Docker daemon (Debian's `docker.io`, dockerd 20.10), driven through its
+//! plugin socket: networks and containers made with `docker`, compared with allot's state and
+//! with the same networks on Docker's own default IPAM, field by field.
+//!
+//! Each test starts its own dockerd on private paths (no default bridge, no iptables, vfs
+//! storage) and its own allot, makes a busybox image without a registry (`docker import`), and
+//! removes everything when done. Needs root and `docker.io` + `busybox-static`: installed with
+//! apt-get when missing (scripts/test.sh does it first); under CI, or as root, a machine that
+//! cannot have them fails the test, never skips it. The tests take turns (one dockerd at a
+//! time), so their networks never meet on the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// The image every container runs: busybox, imported from a local root filesystem.
+const IMAGE: &str = "allot-busybox:test";
+
+/// One dockerd at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Whether a dockerd can run here, installing it when missing and we can; `false` only off
+/// CI and not root (the caller says it skipped).
+pub fn prerequisites() -> bool {
+    let ready = || have("dockerd") && have("docker") && have("busybox");
+    if !ready() && is_root() && have("apt-get") {
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "docker.io", "busybox-static"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        eprintln!("installing docker.io, busybox-static: {installed:?}");
+    }
+    if ready() && is_root() {
+        return true;
+    }
+    let why = "the Docker tests need root, docker.io and busybox-static";
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    assert!(
+        !is_root(),
+        "{why}: missing as root, and apt-get could not install them"
+    );
+    eprintln!("skipped: {why} (not root here)");
+    false
+}
+
+/// A dockerd of the test's own, stopped and cleaned up when dropped.
+pub struct Dockerd {
+    dir: TempDir,
+    child: Child,
+    host: String,
+}
+
+impl Dockerd {
+    pub fn start() -> Self {
+        let dir = TempDir::new("dockerd");
+        let d = |p: &str| dir.0.join(p).display().to_string();
+        let host = format!("unix://{}", d("docker.sock"));
+        let log = std::fs::File::create(dir.0.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .args([
+                "--host",
+                &host,
+                "--data-root",
+                &d("data"),
+                "--exec-root",
+                &d("exec"),
+            ])
+            .args([
+                "--pidfile",
+                &d("docker.pid"),
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .args(["--storage-driver=vfs", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd starts");
+        let docker = Self { dir, child, host };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !docker.run(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd did not answer: {}",
+                docker.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        docker.make_image();
+        docker
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("dockerd.log")).unwrap_or_default()
+    }
+
+    /// Runs the docker client against this daemon.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(args)
+            .output()
+            .expect("docker runs")
+    }
+
+    /// Runs the docker client; its stdout, trimmed, once it succeeded.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `docker inspect`-like JSON of one object.
+    pub fn inspect(&self, args: &[&str]) -> Value {
+        let v: Value = serde_json::from_str(&self.ok(args)).unwrap();
+        v[0].clone()
+    }
+
+    fn make_image(&self) {
+        let root = self.dir.0.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        let busybox = Command::new("sh")
+            .args(["-c", "command -v busybox"])
+            .output()
+            .unwrap();
+        let busybox = PathBuf::from(String::from_utf8(busybox.stdout).unwrap().trim());
+        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        for tool in ["sh", "sleep", "ip", "ping"] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+        }
+        let mut tar = Command::new("tar")
+            .args(["-C", &root.display().to_string(), "-c", "."])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let imported = Command::new("docker")
+            .env("DOCKER_HOST", &self.host)
+            .args(["import", "-c", "CMD [\"/bin/sh\"]", "-", IMAGE])
+            .stdin(tar.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(tar.wait().unwrap().success(), "tar of the root filesystem");
+        assert!(imported.status.success(), "docker import: {imported:?}");
+    }
+
+    /// A container on `network` that sleeps, with more `docker run` flags.
+    pub fn container(&self, name: &str, network: &str, flags: &[&str]) -> Output {
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend_from_slice(flags);
+        args.extend([IMAGE, "sleep", "3600"]);
+        self.run(&args)
+    }
+
+    /// The addresses of `container` on its networks: (IPv4, IPv6), empty where none.
+    pub fn addresses(&self, container: &str) -> Vec<(String, String)> {
+        let c = self.inspect(&["inspect", container]);
+        c["NetworkSettings"]["Networks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| {
+                (
+                    n["IPAddress"].as_str().unwrap_or_default().to_owned(),
+                    n["GlobalIPv6Address"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // Containers first (their endpoints go back to allot while it still runs), then the
+        // networks, then the daemon, politely, then whatever it left mounted under its paths.
+        let ids = String::from_utf8(self.run(&["ps", "-aq"]).stdout).unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = self.run(&["rm", "-f", id]);
+        }
+        // Networks next, or their bridges outlive the daemon.
+        let nets = self
+            .run(&["network", "ls", "-q", "--filter", "type=custom"])
+            .stdout;
+        for id in String::from_utf8(nets)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            let _ = self.run(&["network", "rm", id]);
+        }
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.dir.0.display().to_string();
+        for line in mounts.lines().rev() {
+            if let Some(point) = line.split(' ').nth(1)
+                && point.starts_with(&root)
+            {
+                let _ = Command::new("umount").args(["-l", point]).status();
+            }
+        }
+    }
+}
+
+/// allot serving the Docker plugin protocol on a socket of a name of its own in Docker's
+/// plugin directory; the name is the network's `--ipam-driver`.
+pub struct Plugin {
+    server: Option<Server>,
+    pub name: String,
+    pub socket: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Plugin {
+    pub async fn start() -> Self {
+        let dir = TempDir::new("docker-allot");
+        let name = format!("allot-it-{}", std::process::id());
+        std::fs::create_dir_all("/run/docker/plugins").unwrap();
+        let socket = Path::new("/run/docker/plugins").join(format!("{name}.sock"));
+        let server = Self::serve(&dir, &socket).await;
+        Self {
+            server: Some(server),
+            name,
+            socket,
+            dir,
+        }
+    }
+
+    async fn serve(dir: &TempDir, socket: &Path) -> Server {
+        let flag = socket.display().to_string();
+        let server = Server::start_with(&dir.db_url(), &dir.0, &["--docker-plugin-socket", &flag]);
+        wait_for_socket(socket).await;
+        server
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("allot runs")
+    }
+
+    /// Kills allot with SIGKILL and starts it again on the same database and socket.
+    pub async fn kill9_and_restart(&mut self) {
+        if let Some(old) = self.server.take() {
+            old.kill9();
+        }
+        self.server = Some(Self::serve(&self.dir, &self.socket).await);
+    }
+
+    /// `allot state` rows: pool id → (in use, free).
+    pub fn state(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_allot"))
+            .args(["--server", &self.server().addr.to_string()])
+            .args(["state", "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let n = |k: &str| p[k].as_u64().unwrap();
+                (
+                    p["pool_id"].as_str().unwrap().to_owned(),
+                    (
+                        n("allocated_ips_in_subnet"),
+                        n("available_ips_in_ip_range_pool"),
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// The IPAM part of `docker network inspect`, with `from` written as `to` (the same network on
+/// another subnet) and the driver's name left out.
+fn ipam_of(docker: &Dockerd, network: &str, (from, to): (&str, &str)) -> String {
+    let n = docker.inspect(&["network", "inspect", network]);
+    let mut ipam = n["IPAM"].clone();
+    ipam["Driver"] = Value::Null;
+    ipam.to_string().replace(from, to)
+}
+
+fn pool_count(plugin: &Plugin) -> usize {
+    plugin.state().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_and_containers_on_allot_match_dockers_own() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let plugin = Plugin::start().await;
+    let docker = Dockerd::start();
+    let driver = plugin.name.as_str();
+
+    // The README's demo network, on allot and on Docker's default IPAM.
+    let demo = |name: &str, net: &str, ipam: &[&str]| {
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(ipam);
+        let (subnet, range, gw, aux) = (
+            format!("{net}.0/24"),
+            format!("{net}.128/31"),
+            format!("{net}.1"),
+            format!("a={net}.128"),
+        );
+        args.extend(["--subnet", &subnet, "--ip-range", &range, "--gateway", &gw]);
+        args.extend(["--aux-address", &aux, name]);
+        docker.ok(&args);
+    };
+    demo("demo", "192.168.110", &["--ipam-driver", driver]);
+    demo("demo-default", "192.168.120", &[]);
+    assert_eq!(
+        ipam_of(&docker, "demo", ("192.168.110", "X")),
+        ipam_of(&docker, "demo-default", ("192.168.120", "X")),
+    );
+    for (network, name) in [("demo", "c1"), ("demo-default", "d1")] {
+        assert!(docker.container(name, network, &[]).status.success());
+    }
+    assert_eq!(docker.addresses("c1")[0].0, "192.168.110.129");
+    assert_eq!(docker.addresses("d1")[0].0, "192.168.120.129");
+    let id = "local/192.168.110.0/24/192.168.110.128/31";
+    // In use: network and broadcast addresses, gateway, aux address, c1; the range is full.
+    assert_eq!(plugin.state()[id], (5, 0));
+    // Exhausted on both; allot's refusal carries Docker's driver words (Docker adds
+    // "remote: " to a plugin's message, and words its own driver's at the network level).
+    let ours = docker.container("c2", "demo", &[]);
+    let theirs = docker.container("d2", "demo-default", &[]);
+    let ours = String::from_utf8_lossy(&ours.stderr);
+    assert!(
+        ours.contains("no available addresses on this pool: no free address left in pool"),
+        "{ours}"
+    );
+    assert!(
+        String::from_utf8_lossy(&theirs.stderr).contains("no available IPv4 addresses"),
+        "{theirs:?}"
+    );
+    docker.ok(&["rm", "-f", "c2", "d2"]);
+    // A container removed gives its address back; the network removed gives back gateway,
+    // aux address and pool.
+    docker.ok(&["rm", "-f", "c1"]);
+    assert_eq!(plugin.state()[id], (4, 1));
+    let pools = pool_count(&plugin);
+    docker.ok(&["network", "rm", "demo"]);
+    assert_eq!(pool_count(&plugin), pools - 1);
+
+    // Without --subnet: a default pool, shaped as Docker's (a /16, gateway .1).
+    docker.ok(&["network", "create", "--ipam-driver", driver, "plain"]);
+    docker.ok(&["network", "create", "plain-default"]);
+    let shape = |network: &str| {
+        let n = docker.inspect(&["network", "inspect", network]);
+        let c = &n["IPAM"]["Config"][0];
+        let subnet = c["Subnet"].as_str().unwrap().to_owned();
+        let gateway = c["Gateway"].as_str().unwrap().to_owned();
+        let (net, len) = subnet.split_once('/').unwrap();
+        (
+            len.to_owned(),
+            gateway
+                .strip_prefix(&net[..net.len() - 1])
+                .map(str::to_owned),
+        )
+    };
+    assert_eq!(shape("plain"), shape("plain-default"));
+    assert_eq!(shape("plain"), ("16".to_owned(), Some("1".to_owned())));
+
+    // --ipv6 with two subnets; containers with and without --ip/--ip6.
+    for (name, ipam, n) in [
+        ("six", vec!["--ipam-driver", driver], "1"),
+        ("six-default", vec![], "2"),
+    ] {
+        let mut args = vec!["network", "create", "--ipv6"];
+        args.extend(ipam);
+        let (v6, v4) = (format!("fd00:7{n}::/64"), format!("10.7{n}.0.0/24"));
+        args.extend(["--subnet", &v6, "--subnet", &v4, name]);
+        docker.ok(&args);
+    }
+    assert_eq!(
+        ipam_of(&docker, "six", ("71", "7N")),
+        ipam_of(&docker, "six-default", ("72", "7N"))
+    );
+    for (network, n) in [("six", "1"), ("six-default", "2")] {
+        let free = format!("{network}-a");
+        let fixed = format!("{network}-b");
+        assert!(docker.container(&free, network, &[]).status.success());
+        let (ip, ip6) = (format!("10.7{n}.0.77"), format!("fd00:7{n}::77"));
+        let run = docker.container(&fixed, network, &["--ip", &ip, "--ip6", &ip6]);
+        assert!(run.status.success(), "{run:?}");
+        assert_eq!(
+            docker.addresses(&free),
+            [(format!("10.7{n}.0.2"), format!("fd00:7{n}::2"))]
+        );
+        assert_eq!(docker.addresses(&fixed), [(ip, ip6)]);
+        // The same address again: refused by both.
+        let again = docker.container(
+            &format!("{network}-c"),
+            network,
+            &["--ip", &format!("10.7{n}.0.77")],
+        );
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(err.contains("Address already in use"), "{network}: {err}");
+    }
+    let six = plugin.state();
+    assert_eq!(
+        six["local/10.71.0.0/24"].0, 5,
+        "network, broadcast, gateway, two containers"
+    );
+    drop(docker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_containers_at_once_on_a_slash_27() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let mut plugin = Plugin::start().await;
+    let docker = Dockerd::start();
+    docker.ok(&[
+        "network",
+        "create",
+        "--ipam-driver",
+        &plugin.name,
+        "--subnet",
+        "10.27.0.0/27",
+        "small",
+    ]);
+    // 32 addresses: network, broadcast and gateway taken, 29 for containers.
+    let outcomes: Vec<bool> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..32)
+            .map(|i| {
+                let docker = &docker;
+                s.spawn(move || {
+                    docker
+                        .container(&format!("p{i}"), "small", &[])
+                        .status
+                        .success()
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|ok| **ok).count(), 29);
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, ok) in outcomes.iter().enumerate() {
+        if *ok {
+            assert!(seen.insert(docker.addresses(&format!("p{i}"))[0].0.clone()));
+        }
+    }
+    assert_eq!(seen.len(), 29, "no address twice");
+    assert_eq!(plugin.state()["local/10.27.0.0/27"], (32, 0));
+
+    // allot killed with the network in place, started again: nothing lost, nothing twice.
+    plugin.kill9_and_restart().await;
+    assert_eq!(plugin.state()["local/10.27.0.0/27"], (32, 0));
+    let first = outcomes.iter().position(|ok| *ok).unwrap();
+    let freed = docker.addresses(&format!("p{first}"))[0].0.clone();
+    docker.ok(&["rm", "-f", &format!("p{first}")]);
+    assert_eq!(plugin.state()["local/10.27.0.0/27"], (31, 1));
+    let run = docker.container("again", "small", &[]);
+    assert!(run.status.success(), "{run:?}");
+    assert_eq!(docker.addresses("again")[0].0, freed);
+    drop(docker);
+}
