@@ -71,13 +71,25 @@ pub struct Dockerd {
 impl Dockerd {
     pub fn start() -> Self {
         let dir = TempDir::new("dockerd");
-        let d = |p: &str| dir.0.join(p).display().to_string();
-        let host = format!("unix://{}", d("docker.sock"));
-        let log = std::fs::File::create(dir.0.join("dockerd.log")).unwrap();
-        let child = Command::new("dockerd")
+        let host = format!("unix://{}", dir.0.join("docker.sock").display());
+        let child = Self::spawn(&dir.0, &host);
+        let docker = Self { dir, child, host };
+        docker.wait_ready();
+        docker.make_image();
+        docker
+    }
+
+    fn spawn(dir: &Path, host: &str) -> Child {
+        let d = |p: &str| dir.join(p).display().to_string();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
+        Command::new("dockerd")
             .args([
                 "--host",
-                &host,
+                host,
                 "--data-root",
                 &d("data"),
                 "--exec-root",
@@ -93,19 +105,43 @@ impl Dockerd {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("dockerd starts");
-        let docker = Self { dir, child, host };
+            .expect("dockerd starts")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !docker.run(&["version"]).status.success() {
+        while !self.run(&["version"]).status.success() {
             assert!(
                 Instant::now() < deadline,
                 "dockerd did not answer: {}",
-                docker.log()
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        docker.make_image();
-        docker
+    }
+
+    /// Stops the daemon with `signal` (`TERM`, `KILL`), waits for it, and starts it again on
+    /// the same paths.
+    pub fn restart(&mut self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap();
+        // The daemon's containerd dies with it, a moment later; a new daemon finding its pid
+        // still alive would wait for it instead of starting its own.
+        let pidfile = self.dir.0.join("exec/containerd/containerd.pid");
+        let pid = std::fs::read_to_string(pidfile).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !pid.trim().is_empty()
+            && Path::new(&format!("/proc/{}", pid.trim())).exists()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.child = Self::spawn(&self.dir.0, &self.host);
+        self.wait_ready();
     }
 
     pub fn log(&self) -> String {
@@ -167,7 +203,9 @@ impl Dockerd {
 
     /// A container on `network` that sleeps, with more `docker run` flags.
     pub fn container(&self, name: &str, network: &str, flags: &[&str]) -> Output {
-        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        // `sleep` as PID 1 ignores SIGTERM: one second before SIGKILL, not Docker's ten.
+        let mut args = vec!["run", "-d", "--stop-timeout", "1", "--name", name];
+        args.extend(["--network", network]);
         args.extend_from_slice(flags);
         args.extend([IMAGE, "sleep", "3600"]);
         self.run(&args)
@@ -498,5 +536,86 @@ async fn thirty_two_containers_at_once_on_a_slash_27() {
     let run = docker.container("again", "small", &[]);
     assert!(run.status.success(), "{run:?}");
     assert_eq!(docker.addresses("again")[0].0, freed);
+    drop(docker);
+}
+
+/// Docker's view of `network`: the addresses its containers' endpoints hold, sorted.
+fn endpoints(docker: &Dockerd, network: &str) -> Vec<String> {
+    let n = docker.inspect(&["network", "inspect", network]);
+    let mut out: Vec<String> = n["Containers"]
+        .as_object()
+        .map(|c| {
+            c.values()
+                .filter_map(|e| e["IPv4Address"].as_str())
+                .map(|a| a.split('/').next().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_restarted_keeps_allot_and_docker_agreeing() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let plugin = Plugin::start().await;
+    let mut docker = Dockerd::start();
+    let args = [
+        "network",
+        "create",
+        "--ipam-driver",
+        &plugin.name,
+        "--subnet",
+        "10.28.0.0/24",
+        "keep",
+    ];
+    docker.ok(&args);
+    let pool = "local/10.28.0.0/24";
+    assert!(
+        docker
+            .container("k1", "keep", &["--restart", "always"])
+            .status
+            .success()
+    );
+    assert!(docker.container("k2", "keep", &[]).status.success());
+    assert_eq!(endpoints(&docker, "keep"), ["10.28.0.2", "10.28.0.3"]);
+    assert_eq!(
+        plugin.state()[pool].0,
+        3 + 2,
+        "network, broadcast, gateway, two containers"
+    );
+    for signal in ["TERM", "KILL"] {
+        docker.restart(signal);
+        // k1 comes back (restart policy), k2 stays stopped: allot holds exactly what Docker's
+        // endpoints hold, besides the network, broadcast and gateway addresses.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut held = endpoints(&docker, "keep");
+        while held.len() != 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            held = endpoints(&docker, "keep");
+        }
+        assert_eq!(held.len(), 1, "after {signal}: k1 is back ({held:?})");
+        assert_eq!(
+            plugin.state()[pool].0,
+            3 + 1,
+            "after {signal}: allot agrees with Docker ({held:?}); dockerd: {}",
+            docker
+                .log()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // Both start again, each with an address of its own.
+    docker.ok(&["start", "k2"]);
+    let mut held = endpoints(&docker, "keep");
+    held.dedup();
+    assert_eq!(held.len(), 2);
+    assert_eq!(plugin.state()[pool].0, 3 + 2);
     drop(docker);
 }
