@@ -258,7 +258,7 @@ impl ServeArgs {
 }
 
 /// Parses `10s`, `500ms` or `2m`.
-fn parse_duration(input: &str) -> Result<Duration, String> {
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let split = input
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(input.len());

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod cni;
 pub mod config;
+pub mod docker;
 pub mod engine;
 pub mod ipam;
 pub mod proto;

@@ -111,6 +111,25 @@ fn docker_wording(e: &ipam::Error) -> Option<&'static str> {
     })
 }
 
+/// The owner of every gateway the Docker plugin endpoint allocates (no `/` in it, so no
+/// `<container id>/<ifname>` can spell it).
+pub const GATEWAY_OWNER: &str = "docker:gateway";
+
+fn gateway_owner() -> Result<engine::owners::Owner, ipam::Error> {
+    engine::owners::Owner::new(GATEWAY_OWNER)
+        .map_err(|e| ipam::Error::Internal(format!("the gateway's owner: {e}")))
+}
+
+/// Whether the driver of pool `id` keeps owners (the built-in one does; a remote plugin and
+/// the null driver do not).
+async fn keeps_owners(ipam: &dyn Ipam, id: &engine::PoolId) -> bool {
+    let states = ipam.utilization(std::slice::from_ref(id)).await;
+    states.is_ok_and(|s| {
+        s.first()
+            .is_some_and(|p| p.driver == crate::ipam::BUILTIN_DRIVER)
+    })
+}
+
 /// Records the outcome of a call that changes something: the audit line, and a refusal at
 /// `info` with its reason (an operator's answer to "why did `docker run` fail?").
 fn record<T>(tenant: &str, rpc: &str, pool: &str, address: &str, result: &Result<T, ipam::Error>) {
@@ -292,6 +311,11 @@ async fn request_address(
         // (an endpoint's MAC address, say) are not passed on.
         for key in std::mem::take(&mut req.options).keys() {
             tracing::debug!(key, "docker plugin: ignoring an address option");
+        }
+        if req.gateway && keeps_owners(&*ipam, &id).await {
+            // Held by a name of its own, so that a reconciliation with Docker (which does not
+            // show the gateway it chose) knows the address is in use.
+            req.owner = Some(gateway_owner()?);
         }
         let address = ipam.request_address(&id, &req).await?;
         if req.gateway {

@@ -95,6 +95,9 @@ pub enum Command {
     /// Make the first admin token, for `allot serve --admin-token-file` (no server needed).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Reconcile allot with a Docker daemon whose networks use it.
+    #[command(subcommand)]
+    Docker(DockerCommand),
     /// Release the addresses of a pool whose owners are not alive (owned ones only).
     Gc {
         /// The pool's id: `<space>/<subnet>[/<sub-pool>]`.
@@ -105,6 +108,29 @@ pub enum Command {
         /// Leave addresses held for less than this many seconds.
         #[arg(long, default_value_t = 0)]
         min_age_seconds: i64,
+        /// Only list what would be released.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DockerCommand {
+    /// Release what allot holds for the daemon's networks and no endpoint, gateway or
+    /// auxiliary address of theirs holds (seen so twice, --grace apart); list pools that no
+    /// network of the daemon uses.
+    Reconcile {
+        /// The daemon's API socket.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        docker_host: String,
+        /// How long an address must stay unheld by Docker before it is released (a container
+        /// being created holds its address before its endpoint is written).
+        #[arg(long, default_value = "10s", value_parser = crate::config::parse_duration)]
+        grace: std::time::Duration,
         /// Only list what would be released.
         #[arg(long)]
         dry_run: bool,
@@ -232,6 +258,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Admin(cmd) => admin::local(cmd),
+        Command::Docker(DockerCommand::Reconcile {
+            docker_host,
+            grace,
+            dry_run,
+        }) => docker_reconcile(&cli.target, &docker_host, grace, dry_run).await,
     }
 }
 
@@ -319,6 +350,29 @@ async fn gc(
         println!("{verb} {} ({})", x.address, x.owner);
     }
     eprintln!("{} address(es) {verb}", r.collected.len());
+    Ok(())
+}
+
+async fn docker_reconcile(
+    target: &Target,
+    docker_host: &str,
+    grace: std::time::Duration,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let engine = crate::docker::Engine::new(docker_host)?;
+    let client = target.ipam().await?;
+    let report = crate::docker::reconcile(&client, &engine, grace, dry_run).await?;
+    let verb = if dry_run { "would release" } else { "released" };
+    for (pool_id, network, address) in &report.released {
+        println!(
+            "{verb} {address} in {pool_id} (network {network}): no endpoint, gateway or \
+             auxiliary address holds it"
+        );
+    }
+    for pool_id in &report.unused_pools {
+        println!("pool {pool_id}: no network of this Docker daemon uses it");
+    }
+    eprintln!("{} address(es) {verb}", report.released.len());
     Ok(())
 }
 

@@ -8,6 +8,9 @@
 //! is itself an [`Ipam`].
 
 mod builtin;
+
+/// The built-in driver's name (`PoolState::driver`, `GetIpamState`'s `driver`).
+pub const BUILTIN_DRIVER: &str = "builtin";
 mod null;
 pub mod protocol;
 pub mod remote;

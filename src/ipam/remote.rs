@@ -141,9 +141,9 @@ impl Transport {
     }
 }
 
-/// Connects to a plugin's unix socket, whatever the request's URI says.
+/// Connects to a plugin's (or a Docker daemon's) unix socket, whatever the request's URI says.
 #[derive(Clone)]
-struct UnixConnector(Arc<Path>);
+pub(crate) struct UnixConnector(pub(crate) Arc<Path>);
 
 impl tower_service::Service<Uri> for UnixConnector {
     type Response = TokioIo<UnixStream>;

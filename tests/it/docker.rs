@@ -310,10 +310,29 @@ impl Plugin {
 
     /// Kills allot with SIGKILL and starts it again on the same database and socket.
     pub async fn kill9_and_restart(&mut self) {
+        self.kill9();
+        self.restart().await;
+    }
+
+    /// Kills allot with SIGKILL; its socket stays, refusing connections.
+    pub fn kill9(&mut self) {
         if let Some(old) = self.server.take() {
             old.kill9();
         }
+    }
+
+    /// Starts allot again on the same database and socket.
+    pub async fn restart(&mut self) {
         self.server = Some(Self::serve(&self.dir, &self.socket).await);
+    }
+
+    /// The `allot` command against this server, with `DOCKER_HOST` set to `docker`'s.
+    pub fn cli(&self, docker: &Dockerd, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_allot"));
+        cmd.args(["--server", &self.server().addr.to_string()])
+            .args(args)
+            .env("DOCKER_HOST", &docker.host);
+        cmd
     }
 
     /// `allot state` rows: pool id → (in use, free).
@@ -617,5 +636,98 @@ async fn dockerd_restarted_keeps_allot_and_docker_agreeing() {
     held.dedup();
     assert_eq!(held.len(), 2);
     assert_eq!(plugin.state()[pool].0, 3 + 2);
+    drop(docker);
+}
+
+fn text(out: &Output) -> String {
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_lost_while_allot_was_down_is_repaired_by_reconcile() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let mut plugin = Plugin::start().await;
+    let docker = Dockerd::start();
+    let args = [
+        "network",
+        "create",
+        "--ipam-driver",
+        &plugin.name,
+        "--subnet",
+        "10.29.0.0/24",
+        "leaky",
+    ];
+    docker.ok(&args);
+    let pool = "local/10.29.0.0/24";
+    for name in ["l1", "l2"] {
+        assert!(docker.container(name, "leaky", &[]).status.success());
+    }
+    assert_eq!(endpoints(&docker, "leaky"), ["10.29.0.2", "10.29.0.3"]);
+
+    // allot down while the container goes: Docker removes it anyway, never retries.
+    plugin.kill9();
+    docker.ok(&["rm", "-f", "l1"]);
+    assert!(
+        docker.log().contains("Failed to release"),
+        "dockerd said nothing"
+    );
+    plugin.restart().await;
+    assert_eq!(endpoints(&docker, "leaky"), ["10.29.0.3"]);
+    assert_eq!(plugin.state()[pool].0, 3 + 2, "l1's address leaked");
+    // A pool no network uses is reported, not touched.
+    text(
+        &plugin
+            .cli(&docker, &["pool", "request", "--pool", "10.30.0.0/24"])
+            .output()
+            .unwrap(),
+    );
+
+    // A dry run lists the leak and changes nothing.
+    let dry = text(
+        &plugin
+            .cli(
+                &docker,
+                &["docker", "reconcile", "--dry-run", "--grace", "0s"],
+            )
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        dry.contains("would release 10.29.0.2 in local/10.29.0.0/24 (network leaky ("),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("pool local/10.30.0.0/24: no network of this Docker daemon uses it"),
+        "{dry}"
+    );
+    assert_eq!(dry.matches("would release").count(), 1, "{dry}");
+    assert_eq!(plugin.state()[pool].0, 3 + 2);
+
+    // The real one, with a container made between its two readings: the leak is released,
+    // the new container keeps its address.
+    let reconcile = plugin
+        .cli(&docker, &["docker", "reconcile", "--grace", "3s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(docker.container("l3", "leaky", &[]).status.success());
+    let done = text(&reconcile.wait_with_output().unwrap());
+    assert_eq!(done.matches("released").count(), 1, "{done}");
+    assert!(
+        done.contains("released 10.29.0.2 in local/10.29.0.0/24"),
+        "{done}"
+    );
+    let held = endpoints(&docker, "leaky");
+    assert_eq!(held, ["10.29.0.3", "10.29.0.4"]);
+    // Docker's view and allot's agree: its endpoints, plus network, broadcast and gateway.
+    assert_eq!(plugin.state()[pool].0, 3 + held.len() as u64);
+    assert!(docker.container("l4", "leaky", &[]).status.success());
+    assert_eq!(docker.addresses("l4")[0].0, "10.29.0.2", "free again");
     drop(docker);
 }

@@ -260,7 +260,7 @@ impl Drop for Builtin {
 #[async_trait]
 impl Ipam for Builtin {
     fn name(&self) -> &str {
-        "builtin"
+        super::BUILTIN_DRIVER
     }
 
     fn default_address_spaces(&self) -> (String, String) {
