@@ -23,42 +23,13 @@ const IMAGE: &str = "allot-busybox:test";
 /// One dockerd at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn have(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
-}
-
-/// Whether a dockerd can run here, installing it when missing and we can; `false` only off
-/// CI and not root (the caller says it skipped).
-pub fn prerequisites() -> bool {
-    let ready = || have("dockerd") && have("docker") && have("busybox");
-    if !ready() && is_root() && have("apt-get") {
-        let installed = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "docker.io", "busybox-static"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        eprintln!("installing docker.io, busybox-static: {installed:?}");
-    }
-    if ready() && is_root() {
-        return true;
-    }
-    let why = "the Docker tests need root, docker.io and busybox-static";
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    assert!(
-        !is_root(),
-        "{why}: missing as root, and apt-get could not install them"
-    );
-    eprintln!("skipped: {why} (not root here)");
-    false
+/// Whether a dockerd can run here (installing it when missing and we can).
+fn ready() -> bool {
+    prerequisites(
+        || have("dockerd") && have("docker") && have("busybox"),
+        &["docker.io", "busybox-static"],
+        "the Docker tests need root, docker.io and busybox-static",
+    )
 }
 
 /// A dockerd of the test's own, stopped and cleaned up when dropped.
@@ -382,7 +353,7 @@ fn pool_count(plugin: &Plugin) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn networks_and_containers_on_allot_match_dockers_own() {
-    if !prerequisites() {
+    if !ready() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -505,7 +476,7 @@ async fn networks_and_containers_on_allot_match_dockers_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_containers_at_once_on_a_slash_27() {
-    if !prerequisites() {
+    if !ready() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -576,7 +547,7 @@ fn endpoints(docker: &Dockerd, network: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerd_restarted_keeps_allot_and_docker_agreeing() {
-    if !prerequisites() {
+    if !ready() {
         return;
     }
     let _turn = TURN.lock().await;
@@ -646,7 +617,7 @@ fn text(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_lost_while_allot_was_down_is_repaired_by_reconcile() {
-    if !prerequisites() {
+    if !ready() {
         return;
     }
     let _turn = TURN.lock().await;

@@ -765,3 +765,42 @@ pub async fn channel(
         .await
         .map_err(|e| format!("{e:?}"))
 }
+
+/// Whether `program` is on the PATH.
+pub fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Whether a test's system prerequisites hold, installing Debian `packages` with apt-get
+/// when they do not and we are root. `false` (the test says it skipped) only off CI and not
+/// root; under CI, or as root, what cannot be had fails the test.
+pub fn prerequisites(ready: impl Fn() -> bool, packages: &[&str], why: &str) -> bool {
+    if !ready() && is_root() && have("apt-get") {
+        let installed = Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        eprintln!("installing {packages:?}: {installed:?}");
+    }
+    if ready() && is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    assert!(
+        !is_root(),
+        "{why}: missing as root, and apt-get could not install them"
+    );
+    eprintln!("skipped: {why} (not root here)");
+    false
+}
