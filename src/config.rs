@@ -58,6 +58,20 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOT_DOCKER_PLUGIN_SOCKET")]
     pub docker_plugin_socket: Option<std::path::PathBuf>,
 
+    /// Reconcile the Docker plugin's pools with this Docker daemon periodically
+    /// (`unix:///var/run/docker.sock`): release what no endpoint, gateway or auxiliary address
+    /// of its networks holds, as `allot docker reconcile` does.
+    #[arg(long, env = "ALLOT_DOCKER_HOST", requires = "docker_plugin_socket")]
+    pub docker_host: Option<String>,
+
+    /// How often to reconcile with --docker-host.
+    #[arg(long, env = "ALLOT_DOCKER_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub docker_reconcile_interval: Duration,
+
+    /// How long an address must stay unheld by Docker before reconciliation releases it.
+    #[arg(long, env = "ALLOT_DOCKER_RECONCILE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub docker_reconcile_grace: Duration,
+
     /// Log format.
     #[arg(long, env = "ALLOT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -175,61 +175,156 @@ fn view(networks: &[Network]) -> View {
     out
 }
 
-/// Every address allot holds in `pool_id`, but the Docker gateways.
-async fn held_by_allot(client: &IpamClient, pool_id: &str) -> anyhow::Result<BTreeSet<IpAddr>> {
-    let mut out = BTreeSet::new();
-    let mut token = String::new();
-    loop {
-        let page = client
+/// Where allot is reached: the IPAM service as a client (`allot docker reconcile`), or the
+/// Docker plugin tenant's driver within the server (`allot serve --docker-host`).
+#[async_trait::async_trait]
+pub trait Allot: Send + Sync {
+    /// The ids of the pools of the local address space.
+    async fn pools(&self) -> anyhow::Result<Vec<String>>;
+    /// Every address allot holds in `pool_id`, but the Docker gateways (held by their own
+    /// name: Docker's API shows only those given by the user).
+    async fn held(&self, pool_id: &str) -> anyhow::Result<BTreeSet<IpAddr>>;
+    /// Releases `address` of `pool_id`.
+    async fn release(&self, pool_id: &str, address: IpAddr) -> anyhow::Result<()>;
+}
+
+fn not_a_gateway(owner: &str) -> bool {
+    owner != crate::api::plugin::GATEWAY_OWNER
+}
+
+#[async_trait::async_trait]
+impl Allot for IpamClient {
+    async fn pools(&self) -> anyhow::Result<Vec<String>> {
+        let listed = self
             .clone()
-            .list_allocations(pb::ListAllocationsRequest {
+            .list_pools(pb::ListPoolsRequest {
+                address_space: LOCAL_SPACE.to_owned(),
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("listing pools: {}", s.message()))?;
+        Ok(listed
+            .into_inner()
+            .pools
+            .into_iter()
+            .map(|p| p.pool_id)
+            .collect())
+    }
+
+    async fn held(&self, pool_id: &str) -> anyhow::Result<BTreeSet<IpAddr>> {
+        let mut out = BTreeSet::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .clone()
+                .list_allocations(pb::ListAllocationsRequest {
+                    pool_id: pool_id.to_owned(),
+                    page_size: 1000,
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| anyhow::anyhow!("listing pool {pool_id}: {}", s.message()))?
+                .into_inner();
+            out.extend(
+                page.allocations
+                    .iter()
+                    .filter(|a| not_a_gateway(&a.owner))
+                    .filter_map(|a| a.address.parse::<IpAddr>().ok()),
+            );
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    async fn release(&self, pool_id: &str, address: IpAddr) -> anyhow::Result<()> {
+        self.clone()
+            .release_address(pb::ReleaseAddressRequest {
                 pool_id: pool_id.to_owned(),
-                page_size: 1000,
-                page_token: token,
+                address: address.to_string(),
                 ..Default::default()
             })
             .await
-            .map_err(|s| anyhow::anyhow!("listing pool {pool_id}: {}", s.message()))?
-            .into_inner();
-        // The gateways Docker's networks asked for are held by their own name (Docker's
-        // API shows only those given by the user).
-        out.extend(
-            page.allocations
-                .iter()
-                .filter(|a| a.owner != crate::api::plugin::GATEWAY_OWNER)
-                .filter_map(|a| a.address.parse::<IpAddr>().ok()),
-        );
-        if page.next_page_token.is_empty() {
-            return Ok(out);
+            .map_err(|s| anyhow::anyhow!("releasing {address} in {pool_id}: {}", s.message()))?;
+        Ok(())
+    }
+}
+
+/// The Docker plugin tenant's driver, found anew for each call (as the plugin endpoint does).
+pub struct InServer {
+    pub tenants: Arc<crate::ipam::Tenants>,
+    pub tenant: String,
+}
+
+impl InServer {
+    async fn driver(&self) -> anyhow::Result<Arc<dyn crate::ipam::Ipam>> {
+        self.tenants
+            .driver(&self.tenant)
+            .await
+            .map_err(|e| anyhow::anyhow!("tenant {}: {e}", self.tenant))
+    }
+}
+
+fn pool_id(id: &str) -> anyhow::Result<crate::engine::PoolId> {
+    id.parse()
+        .map_err(|e: crate::engine::Error| anyhow::anyhow!("{e}"))
+}
+
+#[async_trait::async_trait]
+impl Allot for InServer {
+    async fn pools(&self) -> anyhow::Result<Vec<String>> {
+        let pools = self.driver().await?.list_pools(Some(LOCAL_SPACE)).await?;
+        Ok(pools.iter().map(ToString::to_string).collect())
+    }
+
+    async fn held(&self, id: &str) -> anyhow::Result<BTreeSet<IpAddr>> {
+        let (driver, id) = (self.driver().await?, pool_id(id)?);
+        let mut out = BTreeSet::new();
+        let mut after = None;
+        loop {
+            let page = crate::ipam::AllocationPage {
+                after,
+                owner_prefix: String::new(),
+                owned_only: false,
+                limit: 1000,
+            };
+            let found = driver.list_allocations(&id, &page).await?;
+            after = found.last().map(|(a, _)| *a);
+            let full = found.len() == page.limit;
+            out.extend(
+                found
+                    .into_iter()
+                    .filter(|(_, h)| h.as_ref().is_none_or(|h| not_a_gateway(h.owner.as_str())))
+                    .map(|(a, _)| a),
+            );
+            if !full {
+                return Ok(out);
+            }
         }
-        token = page.next_page_token;
+    }
+
+    async fn release(&self, id: &str, address: IpAddr) -> anyhow::Result<()> {
+        let (driver, id) = (self.driver().await?, pool_id(id)?);
+        driver.release_address(&id, address, None).await?;
+        Ok(())
     }
 }
 
 /// One reading: per pool that serves a Docker network, what allot holds and Docker does not.
 async fn unheld(
-    client: &IpamClient,
+    allot: &dyn Allot,
     engine: &Engine,
 ) -> anyhow::Result<(View, BTreeMap<String, BTreeSet<IpAddr>>, Vec<String>)> {
     let docker = view(&engine.networks().await?);
-    let pools: Vec<String> = client
-        .clone()
-        .list_pools(pb::ListPoolsRequest {
-            address_space: LOCAL_SPACE.to_owned(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("listing pools: {}", s.message()))?
-        .into_inner()
-        .pools
-        .into_iter()
-        .map(|p| p.pool_id)
-        .collect();
+    let pools = allot.pools().await?;
     let mut unheld = BTreeMap::new();
     let mut unused = Vec::new();
     for pool_id in pools {
         match docker.get(&pool_id) {
             Some((_, held)) => {
-                let extra: BTreeSet<IpAddr> = held_by_allot(client, &pool_id)
+                let extra: BTreeSet<IpAddr> = allot
+                    .held(&pool_id)
                     .await?
                     .difference(held)
                     .copied()
@@ -257,14 +352,14 @@ pub struct Report {
 /// # Errors
 /// Docker or allot cannot be read; a release is refused.
 pub async fn reconcile(
-    client: &IpamClient,
+    allot: &dyn Allot,
     engine: &Engine,
     grace: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Report> {
-    let (_, first, _) = unheld(client, engine).await?;
+    let (_, first, _) = unheld(allot, engine).await?;
     tokio::time::sleep(grace).await;
-    let (docker, second, unused_pools) = unheld(client, engine).await?;
+    let (docker, second, unused_pools) = unheld(allot, engine).await?;
     let mut report = Report {
         unused_pools,
         ..Report::default()
@@ -279,17 +374,7 @@ pub async fn reconcile(
             .unwrap_or_default();
         for &address in now.intersection(before) {
             if !dry_run {
-                client
-                    .clone()
-                    .release_address(pb::ReleaseAddressRequest {
-                        pool_id: pool_id.clone(),
-                        address: address.to_string(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| {
-                        anyhow::anyhow!("releasing {address} in {pool_id}: {}", s.message())
-                    })?;
+                allot.release(pool_id, address).await?;
                 tracing::info!(pool_id, %address, network, "docker reconcile: released");
             }
             report
@@ -298,4 +383,36 @@ pub async fn reconcile(
         }
     }
     Ok(report)
+}
+
+/// Reconciles every `interval` until `stop` turns true (`allot serve --docker-host`), logging
+/// what it releases and the pools no network uses; a failed round is logged and the next one
+/// tried.
+pub async fn reconcile_every(
+    allot: InServer,
+    engine: Engine,
+    (interval, grace): (Duration, Duration),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let round = tokio::select! {
+            r = reconcile(&allot, &engine, grace, false) => r,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match round {
+            Ok(report) => {
+                for pool_id in &report.unused_pools {
+                    tracing::debug!(
+                        pool_id,
+                        "docker reconcile: no network of the daemon uses it"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "docker reconcile failed"),
+        }
+    }
 }

@@ -307,6 +307,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             stopping.clone(),
         ));
     }
+    if let Some(host) = &args.docker_host {
+        let engine = crate::docker::Engine::new(host)?;
+        tracing::info!(docker_host = %host, every = ?args.docker_reconcile_interval, "reconciling with docker");
+        let allot = crate::docker::InServer {
+            tenants: Arc::clone(&tenants),
+            tenant: args.security.docker_plugin_tenant.clone(),
+        };
+        let every = (args.docker_reconcile_interval, args.docker_reconcile_grace);
+        tokio::spawn(crate::docker::reconcile_every(
+            allot,
+            engine,
+            every,
+            stopping.clone(),
+        ));
+    }
     // Before "listening": a signal sent from then on stops the server gracefully.
     let signal = startup::shutdown_signal()?;
     tracing::info!(%addr, database = %args.database.redacted_url(), "allot listening");

@@ -251,26 +251,39 @@ pub struct Plugin {
     pub name: String,
     pub socket: PathBuf,
     pub dir: TempDir,
+    flags: Vec<String>,
 }
 
 impl Plugin {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts allot with more `allot serve` flags (kept for its restarts).
+    pub async fn start_with(flags: &[&str]) -> Self {
         let dir = TempDir::new("docker-allot");
         let name = format!("allot-it-{}", std::process::id());
         std::fs::create_dir_all("/run/docker/plugins").unwrap();
         let socket = Path::new("/run/docker/plugins").join(format!("{name}.sock"));
-        let server = Self::serve(&dir, &socket).await;
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let server = Self::serve(&dir, &socket, &flags).await;
         Self {
             server: Some(server),
             name,
             socket,
             dir,
+            flags,
         }
     }
 
-    async fn serve(dir: &TempDir, socket: &Path) -> Server {
-        let flag = socket.display().to_string();
-        let server = Server::start_with(&dir.db_url(), &dir.0, &["--docker-plugin-socket", &flag]);
+    async fn serve(dir: &TempDir, socket: &Path, flags: &[String]) -> Server {
+        let mut args = vec![
+            "--docker-plugin-socket".to_owned(),
+            socket.display().to_string(),
+        ];
+        args.extend(flags.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_with(&dir.db_url(), &dir.0, &args);
         wait_for_socket(socket).await;
         server
     }
@@ -294,7 +307,7 @@ impl Plugin {
 
     /// Starts allot again on the same database and socket.
     pub async fn restart(&mut self) {
-        self.server = Some(Self::serve(&self.dir, &self.socket).await);
+        self.server = Some(Self::serve(&self.dir, &self.socket, &self.flags).await);
     }
 
     /// The `allot` command against this server, with `DOCKER_HOST` set to `docker`'s.
@@ -700,5 +713,52 @@ async fn a_release_lost_while_allot_was_down_is_repaired_by_reconcile() {
     assert_eq!(plugin.state()[pool].0, 3 + held.len() as u64);
     assert!(docker.container("l4", "leaky", &[]).status.success());
     assert_eq!(docker.addresses("l4")[0].0, "10.29.0.2", "free again");
+    drop(docker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allot_serve_reconciles_with_docker_by_itself() {
+    if !ready() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let docker = Dockerd::start();
+    let host = docker.host.clone();
+    let flags = ["--docker-host", &host, "--docker-reconcile-interval", "1s"];
+    let mut plugin =
+        Plugin::start_with(&[&flags[..], &["--docker-reconcile-grace", "1s"]].concat()).await;
+    let args = [
+        "network",
+        "create",
+        "--ipam-driver",
+        &plugin.name,
+        "--subnet",
+        "10.31.0.0/24",
+        "auto",
+    ];
+    docker.ok(&args);
+    let pool = "local/10.31.0.0/24";
+    for name in ["a1", "a2"] {
+        assert!(docker.container(name, "auto", &[]).status.success());
+    }
+    plugin.kill9();
+    docker.ok(&["rm", "-f", "a1"]);
+    plugin.restart().await;
+    // Within a few rounds (1 s apart, each reading twice 1 s apart) the leak is gone; the
+    // gateway and a2's address stay.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while plugin.state()[pool].0 != 3 + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "not reconciled: {:?}",
+            plugin.state()[pool]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(endpoints(&docker, "auto"), ["10.31.0.3"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(plugin.state()[pool].0, 3 + 1, "nothing more released");
+    assert!(docker.container("a3", "auto", &[]).status.success());
+    assert_eq!(docker.addresses("a3")[0].0, "10.31.0.2");
     drop(docker);
 }
