@@ -762,3 +762,111 @@ async fn allot_serve_reconciles_with_docker_by_itself() {
     assert_eq!(docker.addresses("a3")[0].0, "10.31.0.2");
     drop(docker);
 }
+
+/// A veth pair for a macvlan parent, removed when dropped.
+struct Veth(String);
+
+impl Veth {
+    fn new(name: String) -> Self {
+        let peer = format!("{name}p");
+        let add = Command::new("ip")
+            .args(["link", "add", &name, "type", "veth", "peer", "name", &peer])
+            .status()
+            .unwrap();
+        assert!(add.success(), "ip link add {name}");
+        for link in [&name, &peer] {
+            assert!(
+                Command::new("ip")
+                    .args(["link", "set", link, "up"])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        Self(name)
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn macvlan_internal_and_ipam_options_match_dockers_own() {
+    if !ready() {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let plugin = Plugin::start().await;
+    let docker = Dockerd::start();
+    let driver = plugin.name.as_str();
+    let tag = format!("{:04x}", std::process::id() & 0xffff);
+    let (ours, theirs) = (
+        Veth::new(format!("alv{tag}a")),
+        Veth::new(format!("alv{tag}b")),
+    );
+    // macvlan with two subnets, on allot and on Docker's driver, each on a veth of its own.
+    for (name, parent, ipam, n) in [
+        ("mac", &ours.0, vec!["--ipam-driver", driver], "4"),
+        ("mac-default", &theirs.0, vec![], "5"),
+    ] {
+        let parent = format!("parent={parent}");
+        let (a, b) = (format!("10.3{n}.1.0/24"), format!("10.3{n}.2.0/24"));
+        let mut args = vec!["network", "create", "-d", "macvlan", "-o", &parent];
+        args.extend(ipam);
+        args.extend(["--subnet", &a, "--subnet", &b, name]);
+        docker.ok(&args);
+    }
+    assert_eq!(
+        ipam_of(&docker, "mac", ("10.34.", "X")),
+        ipam_of(&docker, "mac-default", ("10.35.", "X"))
+    );
+    for (network, n) in [("mac", "4"), ("mac-default", "5")] {
+        let c = format!("{network}-c");
+        assert!(docker.container(&c, network, &[]).status.success());
+        assert_eq!(
+            docker.addresses(&c)[0].0,
+            format!("10.3{n}.1.2"),
+            "{network}"
+        );
+    }
+    assert_eq!(plugin.state()["local/10.34.1.0/24"].0, 3 + 1);
+    assert_eq!(
+        plugin.state()["local/10.34.2.0/24"].0,
+        3,
+        "a gateway in each subnet"
+    );
+
+    // --internal and --ipam-opt: the same IPAM as Docker's (options kept by Docker, ignored
+    // by both drivers).
+    for (name, ipam, n) in [
+        ("inner", vec!["--ipam-driver", driver], "6"),
+        ("inner-default", vec![], "7"),
+    ] {
+        let subnet = format!("10.3{n}.0.0/24");
+        let mut args = vec![
+            "network",
+            "create",
+            "--internal",
+            "--ipam-opt",
+            "color=blue",
+        ];
+        args.extend(ipam);
+        args.extend(["--subnet", &subnet, name]);
+        docker.ok(&args);
+        let c = format!("{name}-c");
+        assert!(docker.container(&c, name, &[]).status.success());
+        assert_eq!(docker.addresses(&c)[0].0, format!("10.3{n}.0.2"));
+    }
+    assert_eq!(
+        ipam_of(&docker, "inner", ("10.36.", "X")),
+        ipam_of(&docker, "inner-default", ("10.37.", "X"))
+    );
+    let inner = docker.inspect(&["network", "inspect", "inner"]);
+    assert_eq!(inner["IPAM"]["Options"]["color"], "blue");
+    assert_eq!(inner["Internal"], true);
+    drop(docker);
+    drop((ours, theirs));
+}
