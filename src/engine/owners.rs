@@ -315,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn copies_share_what_a_change_does_not_touch() {
+    fn a_copy_changes_apart_from_its_original() {
         let mut a = Owners::default();
         for o in 0..5_000u128 {
             a.insert(o * 3, holder(&format!("c{o}"), 1));

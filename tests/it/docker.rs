@@ -637,6 +637,41 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The leak: a network `name` on `net`.0/24 with two containers; allot killed while Docker
+/// removes the first (Docker removes it anyway and never retries), then started again. Returns
+/// the pool id, whose first container's address allot still holds.
+async fn leak(plugin: &mut Plugin, docker: &Dockerd, name: &str, net: &str) -> String {
+    let subnet = format!("{net}.0/24");
+    docker.ok(&[
+        "network",
+        "create",
+        "--ipam-driver",
+        &plugin.name,
+        "--subnet",
+        &subnet,
+        name,
+    ]);
+    let (first, second) = (format!("{name}1"), format!("{name}2"));
+    for c in [&first, &second] {
+        assert!(docker.container(c, name, &[]).status.success());
+    }
+    assert_eq!(
+        endpoints(docker, name),
+        [format!("{net}.2"), format!("{net}.3")]
+    );
+    plugin.kill9();
+    docker.ok(&["rm", "-f", &first]);
+    assert!(
+        docker.log().contains("Failed to release"),
+        "dockerd said nothing"
+    );
+    plugin.restart().await;
+    let pool = format!("local/{subnet}");
+    assert_eq!(endpoints(docker, name), [format!("{net}.3")]);
+    assert_eq!(plugin.state()[&pool].0, 3 + 2, "{first}'s address leaked");
+    pool
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_lost_while_allot_was_down_is_repaired_by_reconcile() {
     if !ready() {
@@ -645,32 +680,7 @@ async fn a_release_lost_while_allot_was_down_is_repaired_by_reconcile() {
     let _turn = TURN.lock().await;
     let mut plugin = Plugin::start().await;
     let docker = Dockerd::start();
-    let args = [
-        "network",
-        "create",
-        "--ipam-driver",
-        &plugin.name,
-        "--subnet",
-        "10.29.0.0/24",
-        "leaky",
-    ];
-    docker.ok(&args);
-    let pool = "local/10.29.0.0/24";
-    for name in ["l1", "l2"] {
-        assert!(docker.container(name, "leaky", &[]).status.success());
-    }
-    assert_eq!(endpoints(&docker, "leaky"), ["10.29.0.2", "10.29.0.3"]);
-
-    // allot down while the container goes: Docker removes it anyway, never retries.
-    plugin.kill9();
-    docker.ok(&["rm", "-f", "l1"]);
-    assert!(
-        docker.log().contains("Failed to release"),
-        "dockerd said nothing"
-    );
-    plugin.restart().await;
-    assert_eq!(endpoints(&docker, "leaky"), ["10.29.0.3"]);
-    assert_eq!(plugin.state()[pool].0, 3 + 2, "l1's address leaked");
+    let pool = &leak(&mut plugin, &docker, "leaky", "10.29.0").await;
     // A pool no network uses is reported, not touched.
     text(
         &plugin
@@ -736,23 +746,7 @@ async fn allot_serve_reconciles_with_docker_by_itself() {
     let flags = ["--docker-host", &host, "--docker-reconcile-interval", "1s"];
     let mut plugin =
         Plugin::start_with(&[&flags[..], &["--docker-reconcile-grace", "1s"]].concat()).await;
-    let args = [
-        "network",
-        "create",
-        "--ipam-driver",
-        &plugin.name,
-        "--subnet",
-        "10.31.0.0/24",
-        "auto",
-    ];
-    docker.ok(&args);
-    let pool = "local/10.31.0.0/24";
-    for name in ["a1", "a2"] {
-        assert!(docker.container(name, "auto", &[]).status.success());
-    }
-    plugin.kill9();
-    docker.ok(&["rm", "-f", "a1"]);
-    plugin.restart().await;
+    let pool = &leak(&mut plugin, &docker, "auto", "10.31.0").await;
     // Within a few rounds (1 s apart, each reading twice 1 s apart) the leak is gone; the
     // gateway and a2's address stay.
     let deadline = Instant::now() + Duration::from_secs(20);
