@@ -59,8 +59,11 @@ command -v h2load >/dev/null || missing+=(nghttp2-client)
 [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 command -v busybox >/dev/null || missing+=(busybox-static)
 command -v ip >/dev/null || missing+=(iproute2)
-# The Docker tests run a real dockerd of their own (Debian's docker.io).
+# The Docker tests run a real dockerd of their own (Debian's docker.io); the image test also
+# brings compose.yaml up (docker-compose) with a PostgreSQL image it makes (debootstrap).
 command -v dockerd >/dev/null || missing+=(docker.io)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${missing[*]}" >&2
@@ -79,4 +82,7 @@ buf lint
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The image test's statically linked binary, built before the tests start rather than while
+# they run beside it (the test runs the script again, which then finds it up to date).
+scripts/static-binary.sh >/dev/null
 cargo test --all-targets --locked "$@"

@@ -21,7 +21,7 @@ use crate::helpers::*;
 const IMAGE: &str = "allot-busybox:test";
 
 /// One dockerd at a time.
-static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Whether a dockerd can run here (installing it when missing and we can).
 fn ready() -> bool {
@@ -119,10 +119,16 @@ impl Dockerd {
         std::fs::read_to_string(self.dir.0.join("dockerd.log")).unwrap_or_default()
     }
 
+    /// `program` (a Docker client) pointed at this daemon.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("DOCKER_HOST", &self.host);
+        cmd
+    }
+
     /// Runs the docker client against this daemon.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .env("DOCKER_HOST", &self.host)
+        self.command("docker")
             .args(args)
             .output()
             .expect("docker runs")

@@ -15,6 +15,7 @@ mod errors;
 mod grpcurl;
 mod helpers;
 mod history;
+mod image;
 mod outage;
 mod owners;
 mod plugin;
