@@ -7,6 +7,7 @@
 pub mod directory;
 mod error;
 mod follow;
+mod group;
 mod memory;
 mod migrations;
 mod postgres;

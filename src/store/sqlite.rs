@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions, TryLockError};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,6 +17,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
+use super::group::{Group, Writes};
 use super::{
     Change, Error, OwnerRow, Store, SubnetRecord, decode_subnet, from_sql_version, missed,
     owner_rows_of, parse_versions, pool_key, to_sql_version, with_owner_rows,
@@ -38,6 +39,105 @@ pub struct SqliteStore {
     _lock: Option<Arc<File>>,
     // The migrations opening the database applied: (version, description).
     migrated: Vec<(i64, String)>,
+    // The group commit of subnet writes, started by the first write (it needs a runtime).
+    writes: Arc<OnceLock<Group<SqliteWrite>>>,
+}
+
+/// One subnet's change as it is written, owned, so that it can wait for a group commit.
+struct SqliteWrite {
+    tenant: String,
+    space: String,
+    net: String,
+    version: u64,
+    state: Vec<u8>,
+    owners: Vec<(String, Option<OwnerRow>)>,
+    // The pools, when they changed.
+    pools: Option<Vec<Option<IpNet>>>,
+}
+
+impl SqliteWrite {
+    fn of(tenant: &str, space: &str, change: &Change<'_>, version: u64) -> Self {
+        let after = change.after;
+        Self {
+            tenant: tenant.to_owned(),
+            space: space.to_owned(),
+            net: after.net().to_string(),
+            version,
+            state: after.addrs().encode(),
+            owners: change.owner_rows(),
+            pools: change.pools_changed().then(|| after.pools().collect()),
+        }
+    }
+
+    /// Writes the change in `tx`, if the stored version is still the one it replaces; returns
+    /// whether it was (nothing is written when not).
+    async fn write_in(&self, tx: &mut Transaction<'_, Sqlite>) -> Result<bool, Error> {
+        let err = |e| map_err(e, &self.space, &self.net);
+        let updated = sqlx::query(
+            "UPDATE subnets SET version = ?, state = ? \
+             WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
+        )
+        .bind(to_sql_version(self.version)?)
+        .bind(&self.state)
+        .bind(&self.tenant)
+        .bind(&self.space)
+        .bind(&self.net)
+        .bind(to_sql_version(self.version.saturating_sub(1))?)
+        .execute(&mut **tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        SqliteStore::write_owners(
+            tx,
+            &self.tenant,
+            &self.space,
+            &self.net,
+            self.owners.clone(),
+        )
+        .await
+        .map_err(err)?;
+        if let Some(pools) = &self.pools {
+            SqliteStore::write_pools(tx, &self.tenant, &self.space, &self.net, pools)
+                .await
+                .map_err(err)?;
+        }
+        Ok(true)
+    }
+}
+
+/// Subnet writes, one at a time or several in a transaction (one fsync), for the group commit.
+struct SqliteWrites {
+    pool: SqlitePool,
+}
+
+#[async_trait]
+impl Writes for SqliteWrites {
+    type Write = SqliteWrite;
+
+    async fn write_batch(&self, writes: &[&SqliteWrite]) -> Result<Vec<bool>, Error> {
+        let err = |e| map_err(e, "", "");
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let mut matched = Vec::with_capacity(writes.len());
+        for write in writes {
+            matched.push(write.write_in(&mut tx).await?);
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(matched)
+    }
+
+    async fn write_one(&self, write: &SqliteWrite) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await.map_err(|e| map_err(e, "", ""))?;
+        let matched = write.write_in(&mut tx).await?;
+        if matched {
+            tx.commit()
+                .await
+                .map_err(|e| map_err(e, &write.space, &write.net))?;
+        }
+        Ok(matched)
+    }
 }
 
 /// Opens the database file (creating it, readable by its owner only, when missing) and locks
@@ -139,6 +239,17 @@ impl SqliteStore {
             pool,
             _lock: lock,
             migrated: super::migrations::pending(MIGRATOR, &applied),
+            writes: Arc::default(),
+        })
+    }
+
+    /// The group commit of subnet writes (started on first use): one writer, as SQLite has.
+    fn writes(&self) -> &Group<SqliteWrite> {
+        self.writes.get_or_init(|| {
+            let writes = SqliteWrites {
+                pool: self.pool.clone(),
+            };
+            Group::start(writes, 1)
         })
     }
 
@@ -231,24 +342,25 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// Writes the pools of subnet `net`, replacing those stored.
     async fn write_pools(
         tx: &mut Transaction<'_, Sqlite>,
         tenant: &str,
         space: &str,
-        subnet: &Subnet,
+        net: &str,
+        pools: &[Option<IpNet>],
     ) -> Result<(), sqlx::Error> {
-        let net = subnet.net().to_string();
         sqlx::query("DELETE FROM pools WHERE tenant = ? AND space = ? AND subnet = ?")
             .bind(tenant)
             .bind(space)
-            .bind(&net)
+            .bind(net)
             .execute(&mut **tx)
             .await?;
-        for sub_pool in subnet.pools() {
+        for &sub_pool in pools {
             sqlx::query("INSERT INTO pools (tenant, space, subnet, sub_pool) VALUES (?, ?, ?, ?)")
                 .bind(tenant)
                 .bind(space)
-                .bind(&net)
+                .bind(net)
                 .bind(pool_key(sub_pool))
                 .execute(&mut **tx)
                 .await?;
@@ -414,7 +526,8 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
-        Self::write_pools(&mut tx, tenant, space, subnet)
+        let pools: Vec<Option<IpNet>> = subnet.pools().collect();
+        Self::write_pools(&mut tx, tenant, space, &net, &pools)
             .await
             .map_err(err)?;
         let owned = owner_rows_of(subnet)
@@ -435,50 +548,12 @@ impl Store for SqliteStore {
         change: &Change<'_>,
         version: u64,
     ) -> Result<(), Error> {
-        let subnet = change.after;
-        let net = subnet.net().to_string();
-        let err = |e| map_err(e, space, &net);
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let updated = sqlx::query(
-            "UPDATE subnets SET version = ?, state = ? \
-             WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
-        )
-        .bind(to_sql_version(version)?)
-        .bind(subnet.addrs().encode())
-        .bind(tenant)
-        .bind(space)
-        .bind(&net)
-        .bind(to_sql_version(version.saturating_sub(1))?)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?
-        .rows_affected();
-        if updated == 0 {
-            let exists =
-                sqlx::query("SELECT 1 FROM subnets WHERE tenant = ? AND space = ? AND subnet = ?")
-                    .bind(tenant)
-                    .bind(space)
-                    .bind(&net)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(err)?
-                    .is_some();
-            let (space, subnet) = (space.to_owned(), net.clone());
-            return Err(if exists {
-                Error::Conflict { space, subnet }
-            } else {
-                Error::NotFound { space, subnet }
-            });
+        let write = SqliteWrite::of(tenant, space, change, version);
+        if self.writes().write(write).await? {
+            Ok(())
+        } else {
+            Err(missed(self, tenant, space, change.after.net()).await)
         }
-        Self::write_owners(&mut tx, tenant, space, &net, change.owner_rows())
-            .await
-            .map_err(err)?;
-        if change.pools_changed() {
-            Self::write_pools(&mut tx, tenant, space, subnet)
-                .await
-                .map_err(err)?;
-        }
-        tx.commit().await.map_err(err)
     }
 
     async fn delete_subnet(
@@ -567,5 +642,72 @@ impl Store for SqliteStore {
                 .await
                 .map_err(|e| map_err(e, "", ""))?;
         parse_versions(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{AddressRequest, PoolId, block_of};
+
+    fn net(s: &str) -> IpNet {
+        s.parse().expect("valid prefix")
+    }
+
+    /// Several subnets' changes in one transaction: the one whose version no longer matches
+    /// changes nothing, the others commit.
+    #[tokio::test]
+    async fn a_batch_commits_every_subnet_but_the_one_that_lost_its_race() {
+        let s = SqliteStore::connect("sqlite::memory:").await.expect("open");
+        let keys = [
+            ("t1", "10.81.0.0/24"),
+            ("t1", "10.82.0.0/24"),
+            ("t2", "10.83.0.0/24"),
+        ];
+        let mut changes = Vec::new();
+        for (tenant, cidr) in keys {
+            let before = Subnet::with_pools(net(cidr), [None]).expect("pool");
+            s.create_subnet(tenant, "local", &before)
+                .await
+                .expect("create");
+            let id = PoolId::new("local", net(cidr), None).expect("id");
+            let mut after = before.clone();
+            let address = after
+                .allocate(&id, &AddressRequest::default())
+                .expect("free");
+            let block = block_of(after.addrs().ordinal(address).expect("inside"));
+            changes.push((tenant, before, after, vec![block]));
+        }
+        let writes: Vec<SqliteWrite> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, (tenant, before, after, blocks))| {
+                let change = Change {
+                    before,
+                    after,
+                    blocks,
+                };
+                SqliteWrite::of(tenant, "local", &change, if i == 1 { 3 } else { 2 })
+            })
+            .collect();
+        let refs: Vec<&SqliteWrite> = writes.iter().collect();
+        let batch = SqliteWrites {
+            pool: s.pool.clone(),
+        };
+        let matched = batch.write_batch(&refs).await.expect("batch");
+        assert_eq!(matched, [true, false, true]);
+        for ((tenant, cidr), (_, before, after, _)) in keys.iter().zip(&changes) {
+            let stored = s
+                .load_subnet(tenant, "local", net(cidr))
+                .await
+                .expect("load")
+                .expect("stored");
+            let expected = if *cidr == "10.82.0.0/24" {
+                (1, before)
+            } else {
+                (2, after)
+            };
+            assert_eq!((stored.version, &stored.subnet), expected, "{cidr}");
+        }
     }
 }

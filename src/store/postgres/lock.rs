@@ -7,7 +7,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::error::map_err;
 use super::timed;
-use super::write::{write_change, write_owners, write_pools};
+use super::write::{SubnetWrite, write_in};
 use crate::store::{Change, Error, SubnetLock, SubnetRecord};
 
 /// A subnet row locked (`SELECT … FOR UPDATE`) in an open transaction.
@@ -38,26 +38,17 @@ impl SubnetLock for PgLock {
             timeout,
             ..
         } = *self;
-        let net = change.after.net().to_string();
-        let err = |e| map_err(e, &space, &net);
+        let write = SubnetWrite::of(&tenant, &space, change, version);
+        let net = write.net().to_string();
         timed(timeout, async {
-            let updated = write_change(&mut *tx, &tenant, &space, change, version).await?;
-            if !updated {
+            if !write_in(&mut tx, &write, true).await? {
                 // Cannot happen while the row is locked, unless `version` is not the next one.
                 return Err(Error::Conflict {
                     space: space.clone(),
                     subnet: net.clone(),
                 });
             }
-            write_owners(&mut tx, &tenant, &space, &net, change.owner_rows())
-                .await
-                .map_err(err)?;
-            if change.pools_changed() {
-                write_pools(&mut tx, &tenant, &space, change.after)
-                    .await
-                    .map_err(err)?;
-            }
-            tx.commit().await.map_err(err)
+            tx.commit().await.map_err(|e| map_err(e, &space, &net))
         })
         .await
     }

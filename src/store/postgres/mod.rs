@@ -23,7 +23,7 @@ mod write;
 
 use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,6 +32,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
+use super::group::{Group, Writes};
 use super::{
     Change, Error, Event, Interest, Store, SubnetLock, SubnetRecord, from_sql_version, missed,
     parse_versions, to_sql_version,
@@ -41,13 +42,17 @@ use error::map_err;
 use lock::PgLock;
 use notify::{CHANNEL, Fanout, notice};
 use rows::{RunRows, read_subnets};
-use write::{write_change, write_owners, write_pools};
+use write::{SubnetWrite, pool_list, write_owners, write_pools};
 
 /// The Postgres schema migrations, run at startup and by `allot migrate`.
 pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::migrations::POSTGRES;
 
 /// Connections per process: group commit keeps one transaction in flight per subnet.
 const MAX_CONNECTIONS: u32 = 16;
+
+/// Transactions of subnet writes in flight at once (each carrying the writes of many subnets,
+/// see [`super::group`]): one commits while the next gathers.
+const WRITERS: usize = 2;
 
 /// Subnets in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -59,6 +64,27 @@ pub struct PgStore {
     migrated: Vec<(i64, String)>,
     // The one `LISTEN` connection every subscriber of this store (and its clones) shares.
     events: Arc<Fanout>,
+    // The group commit of subnet writes, started by the first write (it needs a runtime).
+    writes: Arc<OnceLock<Group<SubnetWrite>>>,
+}
+
+/// Subnet writes, one at a time or several in a transaction, for the group commit.
+struct PgWrites {
+    pool: PgPool,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl Writes for PgWrites {
+    type Write = SubnetWrite;
+
+    async fn write_batch(&self, writes: &[&SubnetWrite]) -> Result<Vec<bool>, Error> {
+        timed(self.timeout, write::write_batch(&self.pool, writes)).await
+    }
+
+    async fn write_one(&self, write: &SubnetWrite) -> Result<bool, Error> {
+        timed(self.timeout, write::write_one(&self.pool, write)).await
+    }
 }
 
 impl PgStore {
@@ -97,7 +123,19 @@ impl PgStore {
             timeout,
             migrated: Vec::new(),
             events: Arc::default(),
+            writes: Arc::default(),
         }
+    }
+
+    /// The group commit of subnet writes (started on first use).
+    fn writes(&self) -> &Group<SubnetWrite> {
+        self.writes.get_or_init(|| {
+            let writes = PgWrites {
+                pool: self.pool.clone(),
+                timeout: self.timeout,
+            };
+            Group::start(writes, WRITERS)
+        })
     }
 
     /// Creates or upgrades the schema; returns the migrations it applied, as (version,
@@ -300,7 +338,7 @@ impl Store for PgStore {
             .await
             .map_err(err)?;
             let version = from_sql_version(version)?;
-            write_pools(&mut tx, tenant, space, subnet)
+            write_pools(&mut tx, tenant, space, subnet.net(), pool_list(subnet))
                 .await
                 .map_err(err)?;
             let owned = super::owner_rows_of(subnet)
@@ -345,30 +383,9 @@ impl Store for PgStore {
         change: &Change<'_>,
         version: u64,
     ) -> Result<(), Error> {
-        let net = change.after.net().to_string();
-        let err = |e| map_err(e, space, &net);
+        let write = SubnetWrite::of(tenant, space, change, version);
         self.timed(async {
-            let owners = change.owner_rows();
-            let updated = if change.pools_changed() || !owners.is_empty() {
-                let mut tx = self.pool.begin().await.map_err(err)?;
-                let updated = write_change(&mut *tx, tenant, space, change, version).await?;
-                if updated {
-                    write_owners(&mut tx, tenant, space, &net, owners)
-                        .await
-                        .map_err(err)?;
-                    if change.pools_changed() {
-                        write_pools(&mut tx, tenant, space, change.after)
-                            .await
-                            .map_err(err)?;
-                    }
-                    tx.commit().await.map_err(err)?;
-                }
-                updated
-            } else {
-                // The common case (addresses only): one statement, one round trip.
-                write_change(&self.pool, tenant, space, change, version).await?
-            };
-            if updated {
+            if self.writes().write(write).await? {
                 Ok(())
             } else {
                 Err(missed(self, tenant, space, change.after.net()).await)

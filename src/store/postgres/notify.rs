@@ -16,7 +16,11 @@ pub(super) const CHANNEL: &str = "allot_subnets";
 /// How long to wait before reconnecting the listener after losing it.
 const RELISTEN_DELAY: Duration = Duration::from_millis(250);
 
-/// What a `NOTIFY` on [`CHANNEL`] carries.
+/// The most a notification's payload holds (PostgreSQL refuses 8,000 bytes and more).
+pub(super) const MAX_PAYLOAD: usize = 7_900;
+
+/// What a `NOTIFY` on [`CHANNEL`] carries for one change; a transaction that changed several
+/// subnets sends them as one JSON array.
 pub(super) fn notice(tenant: &str, space: &str, subnet: IpNet, version: u64) -> String {
     serde_json::json!({
         "tenant": tenant,
@@ -32,8 +36,16 @@ pub(super) fn directory_notice(tenant: &str) -> String {
     serde_json::json!({ "tenant": tenant, "directory": true }).to_string()
 }
 
-pub(super) fn parse_notice(payload: &str) -> Option<Event> {
+/// The events a notification's payload announces: one notice, or an array of them.
+pub(super) fn parse_notices(payload: &str) -> Option<Vec<Event>> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    match v {
+        serde_json::Value::Array(notices) => notices.iter().map(parse_notice).collect(),
+        one => Some(vec![parse_notice(&one)?]),
+    }
+}
+
+fn parse_notice(v: &serde_json::Value) -> Option<Event> {
     if v.get("directory").is_some() {
         return Some(Event::Directory {
             tenant: v.get("tenant")?.as_str()?.to_owned(),
@@ -196,10 +208,12 @@ async fn listen(pool: PgPool, fanout: Arc<Fanout>) {
                 next = listener.try_recv() => next,
             };
             match next {
-                Ok(Some(n)) => match parse_notice(n.payload()) {
-                    Some(event) => {
-                        if !fanout.deliver(Some(&event)) {
-                            return;
+                Ok(Some(n)) => match parse_notices(n.payload()) {
+                    Some(events) => {
+                        for event in &events {
+                            if !fanout.deliver(Some(event)) {
+                                return;
+                            }
                         }
                     }
                     None => tracing::warn!(payload = n.payload(), "ignoring a malformed notice"),

@@ -476,3 +476,130 @@ async fn subscribers_share_one_listening_connection() {
         }
     }
 }
+
+/// Several subnets' changes (of two tenants) in one transaction: the one whose version no
+/// longer matches changes nothing, the others commit, and one notification announces them.
+#[tokio::test]
+async fn a_batch_commits_every_subnet_but_the_one_that_lost_its_race() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
+    let s = store(pool.clone());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .expect("listener");
+    let keys = [
+        ("t1", "10.81.0.0/24"),
+        ("t1", "10.82.0.0/24"),
+        ("t2", "10.83.0.0/24"),
+    ];
+    let mut changes = Vec::new();
+    for (tenant, cidr) in keys {
+        let before = Subnet::with_pools(net(cidr), [None]).expect("pool");
+        s.create_subnet(tenant, "local", &before)
+            .await
+            .expect("create");
+        let id = PoolId::new("local", net(cidr), None).expect("id");
+        let mut after = before.clone();
+        let address = after
+            .allocate(&id, &AddressRequest::default())
+            .expect("free");
+        let ordinal = after.addrs().ordinal(address).expect("inside");
+        changes.push((
+            tenant,
+            before,
+            after,
+            vec![crate::engine::block_of(ordinal)],
+        ));
+    }
+    listener.listen(CHANNEL).await.expect("listen");
+    // The second one names a version another writer already took.
+    let writes: Vec<SubnetWrite> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, (tenant, before, after, blocks))| {
+            let change = Change {
+                before,
+                after,
+                blocks,
+            };
+            SubnetWrite::of(tenant, "local", &change, if i == 1 { 3 } else { 2 })
+        })
+        .collect();
+    let refs: Vec<&SubnetWrite> = writes.iter().collect();
+    let matched = write::write_batch(&pool, &refs).await.expect("batch");
+    assert_eq!(matched, [true, false, true]);
+
+    for ((tenant, cidr), (_, before, after, _)) in keys.iter().zip(&changes) {
+        let stored = s
+            .load_subnet(tenant, "local", net(cidr))
+            .await
+            .expect("load")
+            .expect("stored");
+        if *cidr == "10.82.0.0/24" {
+            assert_eq!((stored.version, &stored.subnet), (1, before), "unchanged");
+        } else {
+            assert_eq!((stored.version, &stored.subnet), (2, after), "committed");
+        }
+    }
+    let heard = listener.recv().await.expect("notification");
+    let events = notify::parse_notices(heard.payload()).expect("notices");
+    let announced: Vec<(String, IpNet, u64)> = events
+        .into_iter()
+        .map(|e| match e {
+            Event::Changed {
+                tenant,
+                subnet,
+                version,
+                ..
+            } => (tenant, subnet, version),
+            other => panic!("not a change: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        announced,
+        [
+            ("t1".to_owned(), net("10.81.0.0/24"), 2),
+            ("t2".to_owned(), net("10.83.0.0/24"), 2),
+        ],
+        "one notification for the transaction"
+    );
+    // Through the store, the loser is told which way it lost.
+    let (tenant, before, after, blocks) = &changes[1];
+    let change = Change {
+        before,
+        after,
+        blocks,
+    };
+    assert!(matches!(
+        s.update_subnet(tenant, "local", &change, 3).await,
+        Err(Error::Conflict { .. })
+    ));
+    s.update_subnet(tenant, "local", &change, 2)
+        .await
+        .expect("retried at the right version");
+}
+
+/// Notices that would not fit in one notification's payload are split over several, each a
+/// JSON array that parses back.
+#[test]
+fn notices_are_split_within_the_payload_limit() {
+    let notices: Vec<String> = (0..500u32)
+        .map(|i| {
+            let subnet = net(&format!("10.{}.{}.0/24", i / 256, i % 256));
+            notice(
+                &format!("tenant-{i:0>40}"),
+                "local",
+                subnet,
+                u64::from(i) + 1,
+            )
+        })
+        .collect();
+    let payloads = write::payloads(&notices);
+    assert!(payloads.len() > 1, "{} payloads", payloads.len());
+    let mut heard = 0;
+    for p in &payloads {
+        assert!(p.len() <= notify::MAX_PAYLOAD, "{} bytes", p.len());
+        heard += notify::parse_notices(p).expect("parses").len();
+    }
+    assert_eq!(heard, notices.len());
+}
