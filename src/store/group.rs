@@ -4,8 +4,9 @@
 //! subnet into one write; this gathers those writes, so that many subnets share one commit (one
 //! fsync) instead of paying one each.
 //!
-//! Writers take turns at the queue: one gathers whatever waits (up to [`MAX_BATCH`]) and
-//! writes it while the next gathers what arrives meanwhile. A write whose version no longer
+//! A writer takes whatever waits (up to [`MAX_BATCH`], within the store's budget) and writes
+//! it; what arrives meanwhile waits for the next transaction. A store may run several writers,
+//! which then take turns at the queue. A write whose version no longer
 //! matches (another replica got there first) is reported as such and changes nothing, while
 //! the others of its transaction commit; the caller reloads and retries that one subnet. A
 //! transaction that fails for another reason is retried one write at a time, so one bad write
@@ -33,6 +34,14 @@ pub(super) trait Writes: Send + Sync + 'static {
 
     /// Writes one alone; whether its version matched.
     async fn write_one(&self, write: &Self::Write) -> Result<bool, Error>;
+
+    /// The most a transaction's writes may weigh together (besides [`MAX_BATCH`]).
+    const BUDGET: usize = usize::MAX;
+
+    /// How much of [`Writes::BUDGET`] `write` takes.
+    fn weight(_write: &Self::Write) -> usize {
+        0
+    }
 }
 
 /// A write waiting for its transaction, and where its caller waits.
@@ -78,24 +87,36 @@ impl<W: Send + Sync + 'static> Group<W> {
     }
 }
 
-/// One writer: takes whatever is queued as one batch, commits it and answers its callers, until
-/// the queue is closed.
+/// One writer: takes whatever is queued as one batch (within [`MAX_BATCH`] and the store's
+/// budget), commits it and answers its callers, until the queue is closed.
 async fn commit_queued<S: Writes>(
     store: Arc<S>,
     rx: Arc<Mutex<mpsc::UnboundedReceiver<Queued<S::Write>>>>,
 ) {
+    // A write that did not fit in the last batch: the first of the next.
+    let mut carried = None;
     loop {
         let batch = {
             let mut rx = rx.lock().await;
-            let Some(first) = rx.recv().await else {
-                return;
+            let first = match carried.take() {
+                Some(first) => first,
+                None => match rx.recv().await {
+                    Some(first) => first,
+                    None => return,
+                },
             };
+            let mut weight = S::weight(&first.write);
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(queued) => batch.push(queued),
-                    Err(_) => break,
+                let Ok(queued) = rx.try_recv() else {
+                    break;
+                };
+                weight = weight.saturating_add(S::weight(&queued.write));
+                if weight > S::BUDGET {
+                    carried = Some(queued);
+                    break;
                 }
+                batch.push(queued);
             }
             batch
         };

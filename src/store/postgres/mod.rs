@@ -51,8 +51,10 @@ pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::mig
 const MAX_CONNECTIONS: u32 = 16;
 
 /// Transactions of subnet writes in flight at once (each carrying the writes of many subnets,
-/// see [`super::group`]): one commits while the next gathers.
-const WRITERS: usize = 2;
+/// see [`super::group`]). One: whatever queues while it commits goes in the next, which makes
+/// the batches large; two writers took turns on small batches and gave fewer allocations per
+/// second (BENCHMARKS.md).
+const WRITERS: usize = 1;
 
 /// Subnets in a PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -84,6 +86,12 @@ impl Writes for PgWrites {
 
     async fn write_one(&self, write: &SubnetWrite) -> Result<bool, Error> {
         timed(self.timeout, write::write_one(&self.pool, write)).await
+    }
+
+    const BUDGET: usize = write::BATCH_PAYLOAD;
+
+    fn weight(write: &SubnetWrite) -> usize {
+        write.weight()
     }
 }
 

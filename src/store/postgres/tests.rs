@@ -579,27 +579,62 @@ async fn a_batch_commits_every_subnet_but_the_one_that_lost_its_race() {
         .expect("retried at the right version");
 }
 
-/// Notices that would not fit in one notification's payload are split over several, each a
-/// JSON array that parses back.
-#[test]
-fn notices_are_split_within_the_payload_limit() {
-    let notices: Vec<String> = (0..500u32)
-        .map(|i| {
-            let subnet = net(&format!("10.{}.{}.0/24", i / 256, i % 256));
-            notice(
-                &format!("tenant-{i:0>40}"),
-                "local",
-                subnet,
-                u64::from(i) + 1,
-            )
-        })
-        .collect();
-    let payloads = write::payloads(&notices);
-    assert!(payloads.len() > 1, "{} payloads", payloads.len());
-    let mut heard = 0;
-    for p in &payloads {
-        assert!(p.len() <= notify::MAX_PAYLOAD, "{} bytes", p.len());
-        heard += notify::parse_notices(p).expect("parses").len();
+/// Writes of many subnets at once, of tenants with long names: they commit in a few
+/// transactions, each announced in one notification within the payload limit.
+#[tokio::test]
+async fn a_burst_of_writes_is_announced_in_a_few_notifications_that_fit() {
+    let db = TestDb::fresh().await;
+    let pool = db.pool.clone();
+    let s = store(pool.clone());
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .expect("listener");
+    let mut writes = Vec::new();
+    for i in 0..300u32 {
+        let tenant = format!("tenant-{i:0>48}");
+        let cidr = net(&format!("10.{}.{}.0/24", i / 256, i % 256));
+        let before = Subnet::with_pools(cidr, [None]).expect("pool");
+        s.create_subnet(&tenant, "local", &before)
+            .await
+            .expect("create");
+        let id = PoolId::new("local", cidr, None).expect("id");
+        let mut after = before.clone();
+        let address = after
+            .allocate(&id, &AddressRequest::default())
+            .expect("free");
+        let block = crate::engine::block_of(after.addrs().ordinal(address).expect("inside"));
+        let change = Change {
+            before: &before,
+            after: &after,
+            blocks: &[block],
+        };
+        writes.push(SubnetWrite::of(&tenant, "local", &change, 2));
     }
-    assert_eq!(heard, notices.len());
+    listener.listen(CHANNEL).await.expect("listen");
+    let n = writes.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for write in writes {
+        let s = s.clone();
+        tasks.spawn(async move { s.writes().write(write).await });
+    }
+    while let Some(matched) = tasks.join_next().await {
+        assert!(matched.expect("task").expect("written"), "versions match");
+    }
+    let (mut heard, mut notifications) = (0, 0);
+    while heard < n {
+        let note = listener.recv().await.expect("notification");
+        let payload = note.payload();
+        assert!(
+            payload.len() <= notify::MAX_PAYLOAD,
+            "{} bytes",
+            payload.len()
+        );
+        heard += notify::parse_notices(payload).expect("notices").len();
+        notifications += 1;
+    }
+    assert_eq!(heard, n);
+    assert!(
+        notifications < n / 4,
+        "{notifications} notifications for {heard} changes"
+    );
 }

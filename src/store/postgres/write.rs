@@ -11,6 +11,10 @@ use super::rows::RunRows;
 use crate::engine::Subnet;
 use crate::store::{Change, Error, OwnerRow, to_sql_version};
 
+/// The room a batch's notices have in its one notification: the payload limit, less the
+/// brackets of the JSON array.
+pub(super) const BATCH_PAYLOAD: usize = MAX_PAYLOAD - 2;
+
 /// One subnet's change as it is written, owned, so that it can wait for a group commit.
 pub(super) struct SubnetWrite {
     tenant: String,
@@ -22,6 +26,8 @@ pub(super) struct SubnetWrite {
     owners: Vec<(String, Option<OwnerRow>)>,
     // The pools, when they changed.
     pools: Option<Vec<Option<String>>>,
+    // What announces it to the other replicas.
+    notice: String,
 }
 
 impl SubnetWrite {
@@ -38,15 +44,18 @@ impl SubnetWrite {
             runs: RunRows::of(after.addrs(), &delta.removed, &delta.upserted),
             owners: change.owner_rows(),
             pools: change.pools_changed().then(|| pool_list(after)),
+            notice: notice(tenant, space, after.net(), version),
         }
+    }
+
+    /// The room its notice takes in a batch's notification (a batch's writes must fit in one:
+    /// [`BATCH_PAYLOAD`]).
+    pub(super) fn weight(&self) -> usize {
+        self.notice.len() + 1
     }
 
     pub(super) fn net(&self) -> IpNet {
         self.net
-    }
-
-    fn notice(&self) -> String {
-        notice(&self.tenant, &self.space, self.net, self.version)
     }
 
     fn err(&self) -> impl Fn(sqlx::Error) -> Error + '_ {
@@ -74,61 +83,176 @@ pub(super) async fn write_one(pool: &PgPool, write: &SubnetWrite) -> Result<bool
     Ok(updated)
 }
 
-/// Writes several subnets' changes in one transaction, announced in one notification (or a
-/// few, when they would not fit in one); for each, whether its version matched. The subnet
-/// rows are taken in one order (tenant, space, subnet), the same in every replica, so that two
-/// replicas' batches never wait for each other in a cycle.
+/// Writes several subnets' changes in one statement (one transaction, one round trip; a
+/// transaction of a few more when pools changed too), announced in one notification; for
+/// each, whether its version matched. The subnet rows are locked in one order (tenant,
+/// space, subnet), the same in every replica, so that two replicas' batches never wait for
+/// each other in a cycle. The writes' notices must fit in one payload together
+/// ([`SubnetWrite::weight`]).
 pub(super) async fn write_batch(
     pool: &PgPool,
     writes: &[&SubnetWrite],
 ) -> Result<Vec<bool>, Error> {
     let err = |e| map_err(e, "", "");
-    let mut order: Vec<usize> = (0..writes.len()).collect();
-    order.sort_by(|&a, &b| {
-        let key = |w: &SubnetWrite| (w.tenant.clone(), w.space.clone(), w.net);
-        key(writes[a]).cmp(&key(writes[b]))
-    });
+    let mut a = BatchArrays::default();
+    for (i, w) in (1_i64..).zip(writes) {
+        a.push(i, w)?;
+    }
+    let query = sqlx::query_scalar::<_, i64>(BATCH_SQL)
+        .bind(a.tenants)
+        .bind(a.spaces)
+        .bind(a.subnets)
+        .bind(a.versions)
+        .bind(a.cursors)
+        .bind(a.notices)
+        .bind(a.removed_i)
+        .bind(a.removed)
+        .bind(a.run_i)
+        .bind(a.firsts)
+        .bind(a.lasts)
+        .bind(a.bits)
+        .bind(a.cleared_i)
+        .bind(a.cleared)
+        .bind(a.owner_i)
+        .bind(a.addresses)
+        .bind(a.owners)
+        .bind(a.since)
+        .bind(CHANNEL);
+    let write_of = |i: i64| {
+        usize::try_from(i - 1)
+            .ok()
+            .filter(|&i| i < writes.len())
+            .ok_or_else(|| Error::Internal("a batch answered for a write it had not".into()))
+    };
+    let done = if writes.iter().any(|w| w.pools.is_some()) {
+        let mut tx = pool.begin().await.map_err(err)?;
+        let done = query.fetch_all(&mut *tx).await.map_err(err)?;
+        for &i in &done {
+            let w = writes[write_of(i)?];
+            if let Some(pools) = &w.pools {
+                write_pools(&mut tx, &w.tenant, &w.space, w.net, pools.clone())
+                    .await
+                    .map_err(w.err())?;
+            }
+        }
+        tx.commit().await.map_err(err)?;
+        done
+    } else {
+        query.fetch_all(pool).await.map_err(err)?
+    };
     let mut matched = vec![false; writes.len()];
-    let mut tx = pool.begin().await.map_err(err)?;
-    for i in order {
-        matched[i] = write_in(&mut tx, writes[i], false).await?;
+    for i in done {
+        matched[write_of(i)?] = true;
     }
-    let notices: Vec<String> = writes
-        .iter()
-        .zip(&matched)
-        .filter(|&(_, &m)| m)
-        .map(|(w, _)| w.notice())
-        .collect();
-    for payload in payloads(&notices) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-    }
-    tx.commit().await.map_err(err)?;
     Ok(matched)
 }
 
-/// Notices joined as JSON arrays, each within a notification's payload limit.
-pub(super) fn payloads(notices: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    let mut current = String::new();
-    for n in notices {
-        if !current.is_empty() && current.len() + n.len() + 2 > MAX_PAYLOAD {
-            current.push(']');
-            out.push(std::mem::take(&mut current));
-        }
-        current.push(if current.is_empty() { '[' } else { ',' });
-        current.push_str(n);
-    }
-    if !current.is_empty() {
-        current.push(']');
-        out.push(current);
-    }
-    out
+/// A batch of writes as the columns [`BATCH_SQL`] unnests; `*_i` name the write (from 1) a
+/// row belongs to.
+#[derive(Default)]
+struct BatchArrays {
+    tenants: Vec<String>,
+    spaces: Vec<String>,
+    subnets: Vec<String>,
+    versions: Vec<i64>,
+    cursors: Vec<String>,
+    notices: Vec<String>,
+    removed_i: Vec<i64>,
+    removed: Vec<String>,
+    run_i: Vec<i64>,
+    firsts: Vec<String>,
+    lasts: Vec<String>,
+    bits: Vec<i64>,
+    cleared_i: Vec<i64>,
+    cleared: Vec<String>,
+    owner_i: Vec<i64>,
+    addresses: Vec<String>,
+    owners: Vec<String>,
+    since: Vec<i64>,
 }
+
+impl BatchArrays {
+    fn push(&mut self, i: i64, w: &SubnetWrite) -> Result<(), Error> {
+        self.tenants.push(w.tenant.clone());
+        self.spaces.push(w.space.clone());
+        self.subnets.push(w.net.to_string());
+        self.versions.push(to_sql_version(w.version)?);
+        self.cursors.push(w.cursor.clone());
+        self.notices.push(w.notice.clone());
+        for first in &w.runs.removed {
+            self.removed_i.push(i);
+            self.removed.push(first.clone());
+        }
+        for ((first, last), bits) in w.runs.firsts.iter().zip(&w.runs.lasts).zip(&w.runs.bits) {
+            self.run_i.push(i);
+            self.firsts.push(first.clone());
+            self.lasts.push(last.clone());
+            self.bits.push(*bits);
+        }
+        for (address, row) in &w.owners {
+            match row {
+                None => {
+                    self.cleared_i.push(i);
+                    self.cleared.push(address.clone());
+                }
+                Some(row) => {
+                    self.owner_i.push(i);
+                    self.addresses.push(address.clone());
+                    self.owners.push(row.owner.clone());
+                    self.since.push(row.since_ms);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Several subnets' changes in one statement. `w`: the writes; `locked`: the subnet rows still
+/// at the version each write replaces, locked in key order; `up`: those bumped; then each
+/// bumped subnet's runs and owners deleted and written, and one notification of them all.
+/// Returns the (1-based) numbers of the writes whose version matched.
+const BATCH_SQL: &str = "WITH w AS ( \
+         SELECT * FROM unnest($1::text[], $2::text[], $3::cidr[], $4::int8[], $5::numeric[], \
+             $6::text[]) WITH ORDINALITY AS w(tenant, space, subnet, version, cursor, notice, i) \
+     ), locked AS MATERIALIZED ( \
+         SELECT w.i, s.tenant, s.space, s.subnet, w.version, w.cursor, w.notice \
+         FROM subnets s JOIN w ON s.tenant = w.tenant AND s.space = w.space \
+             AND s.subnet = w.subnet AND s.version = w.version - 1 \
+         ORDER BY s.tenant, s.space, s.subnet \
+         FOR UPDATE OF s \
+     ), up AS ( \
+         UPDATE subnets s SET version = l.version, cursor = l.cursor \
+         FROM locked l \
+         WHERE s.tenant = l.tenant AND s.space = l.space AND s.subnet = l.subnet \
+         RETURNING l.i, l.tenant, l.space, l.subnet, l.notice \
+     ), del AS ( \
+         DELETE FROM runs r USING up, unnest($7::int8[], $8::inet[]) AS d(i, first) \
+         WHERE d.i = up.i AND r.tenant = up.tenant AND r.space = up.space \
+             AND r.subnet = up.subnet AND r.first = d.first \
+     ), ins AS ( \
+         INSERT INTO runs (tenant, space, subnet, first, last, bits) \
+         SELECT up.tenant, up.space, up.subnet, u.first, u.last, u.bits \
+         FROM unnest($9::int8[], $10::inet[], $11::inet[], $12::int8[]) AS u(i, first, last, bits) \
+         JOIN up ON up.i = u.i \
+         ON CONFLICT (tenant, space, subnet, first) \
+         DO UPDATE SET last = excluded.last, bits = excluded.bits \
+     ), odel AS ( \
+         DELETE FROM owners o USING up, unnest($13::int8[], $14::inet[]) AS c(i, address) \
+         WHERE c.i = up.i AND o.tenant = up.tenant AND o.space = up.space \
+             AND o.subnet = up.subnet AND o.address = c.address \
+     ), oins AS ( \
+         INSERT INTO owners (tenant, space, subnet, address, owner, since_ms) \
+         SELECT up.tenant, up.space, up.subnet, n.address, n.owner, n.since \
+         FROM unnest($15::int8[], $16::inet[], $17::text[], $18::int8[]) \
+             AS n(i, address, owner, since) \
+         JOIN up ON up.i = n.i \
+         ON CONFLICT (tenant, space, subnet, address) \
+         DO UPDATE SET owner = excluded.owner, since_ms = excluded.since_ms \
+     ), notified AS ( \
+         SELECT pg_notify($19, '[' || string_agg(notice, ',') || ']') FROM up \
+         HAVING count(*) > 0 \
+     ) \
+     SELECT up.i FROM up LEFT JOIN notified ON true";
 
 /// Writes one subnet's change in `tx`: its runs, owners and pools, announced when `announce`.
 /// Returns whether the version matched (nothing is written when it did not).
@@ -273,7 +397,7 @@ async fn write_runs<'e>(
         .bind(&runs.lasts)
         .bind(&runs.bits);
     let updated = if announce {
-        updated.bind(CHANNEL).bind(write.notice())
+        updated.bind(CHANNEL).bind(&write.notice)
     } else {
         updated
     };
