@@ -6,7 +6,8 @@
 //!   transaction per allocation on one pool), and one UPDATE of a random row among 100,000
 //!   (the server's durable-commit ceiling);
 //! - allot: durable RequestAddress/s through gRPC on one pool and across 16 pools, with 1, 16
-//!   and 64 requests in flight, p50/p99, and how many transactions the allocations took;
+//!   and 64 requests in flight, and across 256 pools with 64, p50/p99, and how many subnet
+//!   writes the allocations took (several subnets' writes share a transaction);
 //! - cold start: loading 10,000 subnets into a fresh driver;
 //! - replica freshness: how long a change committed by one driver takes to show in another's
 //!   utilization (LISTEN/NOTIFY).
@@ -22,6 +23,7 @@
 )]
 
 mod loadgen;
+mod pg;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,59 +37,8 @@ use sqlx::{Connection, PgConnection};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-fn admin_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let host_end = base
-        .find("://")
-        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
-        .unwrap_or(base.len());
-    let q = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{query}")
-    };
-    format!("{}/{name}{q}", &base[..host_end])
-}
-
-async fn exec(url: &str, sql: &str) {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
-        .execute(&mut c)
-        .await
-        .unwrap();
-}
-
-/// Runs one pgbench script with 64 clients; returns its transactions/s.
-fn pgbench(url: &str, script: &str, secs: u64) -> f64 {
-    let path = std::env::temp_dir().join(format!("allot-pgbench-{}.sql", std::process::id()));
-    std::fs::write(&path, script).unwrap();
-    let out = std::process::Command::new("pgbench")
-        .args(["-n", "-c", "64", "-j", "2", "-T", &secs.to_string(), "-f"])
-        .arg(&path)
-        .arg(url)
-        .output()
-        .expect("pgbench on PATH (Debian: postgresql-client)");
-    std::fs::remove_file(&path).ok();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pgbench: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix("tps = "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("pgbench printed tps")
-}
-
-/// The number of commits so far: every commit bumps one subnet's version by one.
+/// The number of subnet writes so far: every write bumps one subnet's version by one (a
+/// database transaction carries several subnets' writes).
 async fn commits(url: &str) -> i64 {
     let mut c = PgConnection::connect(url).await.unwrap();
     sqlx::query_scalar("SELECT coalesce(sum(version), 0)::int8 FROM subnets")
@@ -173,27 +124,9 @@ async fn fill(store: &PgStore, n: usize) {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (warmup, run) = loadgen::durations();
-    let admin = admin_url();
-    let name = format!("allot_bench_{}", std::process::id());
-    exec(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
-    exec(&admin, &format!("CREATE DATABASE {name}")).await;
-    let url = with_database(&admin, &name);
-
+    let url = pg::fresh_database("postgres").await;
     // The ceilings, measured by pgbench on the same server.
-    exec(
-        &url,
-        "CREATE TABLE hot (id int PRIMARY KEY, n bigint NOT NULL); INSERT INTO hot VALUES (1, 0); \
-         CREATE TABLE many (id int PRIMARY KEY, n bigint NOT NULL); \
-         INSERT INTO many SELECT g, 0 FROM generate_series(1, 100000) g;",
-    )
-    .await;
-    let secs = if full { 5 } else { 1 };
-    let hot = pgbench(&url, "UPDATE hot SET n = n + 1 WHERE id = 1;\n", secs);
-    let random = pgbench(
-        &url,
-        "\\set id random(1, 100000)\nUPDATE many SET n = n + 1 WHERE id = :id;\n",
-        secs,
-    );
+    let (hot, random) = pg::ceilings(&url, if full { 5 } else { 1 }).await;
     println!("| scenario | throughput | p50 | p99 |");
     println!("|---|---|---|---|");
     println!("| pgbench, 64 clients, UPDATE of one hot row | {hot:.0} tps | | |");
@@ -202,8 +135,11 @@ async fn main() {
     let store = PgStore::connect(&url, TIMEOUT).await.unwrap();
     let addr = start_allot(Arc::new(store.clone())).await;
     let mut tag = 1;
-    for n_pools in [1, 16] {
+    for n_pools in [1, 16, 256] {
         for in_flight in [1, 16, 64] {
+            if n_pools == 256 && in_flight < 64 {
+                continue;
+            }
             let (n_conn, per_conn) = if in_flight == 1 {
                 (1, 1)
             } else {
@@ -219,7 +155,7 @@ async fn main() {
             row(
                 &format!(
                     "allot durable RequestAddress, {n_pools} pool(s), {in_flight} in flight \
-                     (~{:.1} allocations per transaction)",
+                     (~{:.1} allocations per subnet write)",
                     allocations / txs.max(1) as f64
                 ),
                 &stats,
@@ -242,7 +178,7 @@ async fn main() {
         let addr = start_allot(Arc::new(store)).await;
         replica_clients.extend(clients(addr, 1).await);
     }
-    for n_pools in [1, 16] {
+    for n_pools in [1, 16, 256] {
         let ids = make_pools(&mut replica_clients[0], tag, n_pools).await;
         tag += 1;
         tokio::time::sleep(Duration::from_millis(200)).await; // the others hear of the pools
@@ -339,9 +275,5 @@ async fn main() {
     );
 
     drop((a, b));
-    exec(
-        &admin,
-        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-    )
-    .await;
+    pg::drop_database("postgres").await;
 }
