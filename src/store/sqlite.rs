@@ -69,10 +69,19 @@ impl SqliteWrite {
         }
     }
 
-    /// Writes the change in `tx`, if the stored version is still the one it replaces; returns
-    /// whether it was (nothing is written when not).
-    async fn write_in(&self, tx: &mut Transaction<'_, Sqlite>) -> Result<bool, Error> {
-        let err = |e| map_err(e, &self.space, &self.net);
+    /// Whether only the addresses changed (no owner, no pool): a write of one statement.
+    fn plain(&self) -> bool {
+        self.owners.is_empty() && self.pools.is_none()
+    }
+
+    /// Whether `key` (tenant, space, subnet), as the batch statement returns it, is this one's.
+    fn is(&self, key: &(String, String, String)) -> bool {
+        key.0 == self.tenant && key.1 == self.space && key.2 == self.net
+    }
+
+    /// Writes the new state, if the stored version is still the one it replaces; returns
+    /// whether it was.
+    async fn update<'e>(&self, executor: impl sqlx::SqliteExecutor<'e>) -> Result<bool, Error> {
         let updated = sqlx::query(
             "UPDATE subnets SET version = ?, state = ? \
              WHERE tenant = ? AND space = ? AND subnet = ? AND version = ?",
@@ -83,13 +92,17 @@ impl SqliteWrite {
         .bind(&self.space)
         .bind(&self.net)
         .bind(to_sql_version(self.version.saturating_sub(1))?)
-        .execute(&mut **tx)
+        .execute(executor)
         .await
-        .map_err(err)?
+        .map_err(|e| map_err(e, &self.space, &self.net))?
         .rows_affected();
-        if updated == 0 {
-            return Ok(false);
-        }
+        Ok(updated > 0)
+    }
+
+    /// Writes the owner rows and pools that changed with the state (in the state's
+    /// transaction).
+    async fn write_extras(&self, tx: &mut Transaction<'_, Sqlite>) -> Result<(), Error> {
+        let err = |e| map_err(e, &self.space, &self.net);
         SqliteStore::write_owners(
             tx,
             &self.tenant,
@@ -104,7 +117,7 @@ impl SqliteWrite {
                 .await
                 .map_err(err)?;
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -119,26 +132,65 @@ impl Writes for SqliteWrites {
 
     async fn write_batch(&self, writes: &[&SqliteWrite]) -> Result<Vec<bool>, Error> {
         let err = |e| map_err(e, "", "");
-        let mut tx = self.pool.begin().await.map_err(err)?;
-        let mut matched = Vec::with_capacity(writes.len());
-        for write in writes {
-            matched.push(write.write_in(&mut tx).await?);
-        }
-        tx.commit().await.map_err(err)?;
-        Ok(matched)
+        // Each statement is a round trip to the connection's thread: the subnets' rows in one.
+        let rows: Vec<serde_json::Value> = writes
+            .iter()
+            .map(|w| {
+                let version = to_sql_version(w.version)?;
+                Ok(serde_json::json!([
+                    w.tenant,
+                    w.space,
+                    w.net,
+                    version,
+                    hex::encode(&w.state)
+                ]))
+            })
+            .collect::<Result<_, Error>>()?;
+        let rows = serde_json::Value::Array(rows).to_string();
+        let query = sqlx::query_as::<_, (String, String, String)>(BATCH_SQL).bind(rows);
+        let updated = if writes.iter().all(|w| w.plain()) {
+            query.fetch_all(&self.pool).await.map_err(err)?
+        } else {
+            let mut tx = self.pool.begin().await.map_err(err)?;
+            let updated = query.fetch_all(&mut *tx).await.map_err(err)?;
+            for w in writes {
+                if !w.plain() && updated.iter().any(|key| w.is(key)) {
+                    w.write_extras(&mut tx).await?;
+                }
+            }
+            tx.commit().await.map_err(err)?;
+            updated
+        };
+        Ok(writes
+            .iter()
+            .map(|w| updated.iter().any(|key| w.is(key)))
+            .collect())
     }
 
     async fn write_one(&self, write: &SqliteWrite) -> Result<bool, Error> {
-        let mut tx = self.pool.begin().await.map_err(|e| map_err(e, "", ""))?;
-        let matched = write.write_in(&mut tx).await?;
+        let err = |e| map_err(e, &write.space, &write.net);
+        if write.plain() {
+            return write.update(&self.pool).await;
+        }
+        let mut tx = self.pool.begin().await.map_err(err)?;
+        let matched = write.update(&mut *tx).await?;
         if matched {
-            tx.commit()
-                .await
-                .map_err(|e| map_err(e, &write.space, &write.net))?;
+            write.write_extras(&mut tx).await?;
+            tx.commit().await.map_err(err)?;
         }
         Ok(matched)
     }
 }
+
+/// Several subnets' new states in one statement, from a JSON array of `[tenant, space, subnet,
+/// version, state in hex]`, each written only if the stored version is the one it replaces;
+/// returns the keys of those written.
+const BATCH_SQL: &str = "UPDATE subnets SET version = w.version, state = unhex(w.state) \
+     FROM (SELECT value ->> 0 AS tenant, value ->> 1 AS space, value ->> 2 AS subnet, \
+         value ->> 3 AS version, value ->> 4 AS state FROM json_each(?1)) AS w \
+     WHERE subnets.tenant = w.tenant AND subnets.space = w.space \
+         AND subnets.subnet = w.subnet AND subnets.version = w.version - 1 \
+     RETURNING subnets.tenant, subnets.space, subnets.subnet";
 
 /// Opens the database file (creating it, readable by its owner only, when missing) and locks
 /// it for this process: two processes on one file would each hand out addresses from a cache
