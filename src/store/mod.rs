@@ -292,6 +292,11 @@ pub trait Store: Directory + Send + Sync + 'static {
     /// events).
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error>;
 
+    /// Waits until the store is between two group-commit transactions (at once when none is
+    /// in flight, or for a store without group commit), so that a writer that decides its
+    /// change after this carries whatever arrived while the store was busy.
+    async fn next_turn(&self) {}
+
     /// Returns the longest any one operation of the store may take (`--database-timeout`),
     /// if it bounds them; a caller making several bounds them all by it too.
     fn timeout(&self) -> Option<std::time::Duration> {

@@ -593,6 +593,10 @@ impl Store for SqliteStore {
         from_sql_version(version)
     }
 
+    async fn next_turn(&self) {
+        self.writes().turn().await;
+    }
+
     async fn update_subnet(
         &self,
         tenant: &str,

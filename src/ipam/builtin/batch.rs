@@ -190,6 +190,19 @@ impl Ctx {
     /// whatever it waited for before (another batch, another replica's change being loaded).
     async fn run_batch(self: Arc<Self>, cell: Arc<Cell>) {
         let mut state = cell.state.lock().await;
+        let queued = || {
+            !cell
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+        };
+        if !queued() {
+            return;
+        }
+        // Decide as late as the store's group commit allows: the jobs that arrive while it
+        // commits other subnets join this batch instead of waiting for the next.
+        self.store.next_turn().await;
         let mut jobs =
             std::mem::take(&mut *cell.pending.lock().unwrap_or_else(PoisonError::into_inner));
         let (Some(first), Some(oldest)) = (jobs.first(), jobs.iter().map(|job| job.arrived).min())

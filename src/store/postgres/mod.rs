@@ -384,6 +384,10 @@ impl Store for PgStore {
         .await
     }
 
+    async fn next_turn(&self) {
+        self.writes().turn().await;
+    }
+
     async fn update_subnet(
         &self,
         tenant: &str,
