@@ -100,11 +100,18 @@ struct Figures {
     p99: Duration,
 }
 
-/// Runs one h2load process per pool at once, each against `servers[i % servers.len()]`, with
-/// [`IN_FLIGHT`] streams in all; checks every request allocated an address.
-fn measure(servers: &[Binary], pools: &[String], dir: &Path, secs: u64) -> Figures {
-    // One process per pool, or per server when there are more servers than pools.
-    let processes = pools.len().max(servers.len());
+/// Runs `processes` h2load processes at once (at least one per pool), each against
+/// `servers[i % servers.len()]`, with [`IN_FLIGHT`] streams in all; checks every request
+/// allocated an address.
+fn measure(
+    servers: &[Binary],
+    pools: &[String],
+    processes: usize,
+    dir: &Path,
+    secs: u64,
+) -> Figures {
+    // At least one process per pool, and one per server.
+    let processes = processes.max(pools.len()).max(servers.len());
     let per_process = IN_FLIGHT / processes;
     // Four connections for one process (h2load spreads its streams over them), else one each.
     let (conns, streams) = if processes == 1 {
@@ -229,19 +236,20 @@ fn builds() -> Vec<(String, PathBuf)> {
 }
 
 /// One store's lines: each build on a fresh database from `fresh`, with `replicas` servers,
-/// on 1 and 16 pools; returns this build's (1 pool, 16 pools) figures.
+/// on 1 and 16 pools; returns this build's figures: (1 pool, 16 pools, 1 pool driven as the
+/// 16 pools are).
 async fn store_lines<F, Fut>(
     what: &str,
     fresh: F,
     replicas: usize,
     dir: &Path,
     secs: u64,
-) -> (f64, f64)
+) -> (f64, f64, f64)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = String>,
 {
-    let mut ours = (0.0, 0.0);
+    let mut ours = (0.0, 0.0, 0.0);
     let mut tag = 0;
     for n_pools in [1, 16] {
         for (i, (label, program)) in builds().iter().enumerate() {
@@ -263,8 +271,15 @@ where
                 .collect();
             // The other replicas hear of the pools.
             std::thread::sleep(Duration::from_millis(300));
-            let f = measure(&servers, &pools, dir, secs);
+            let f = measure(&servers, &pools, 1, dir, secs);
             row(&format!("{what}, {n_pools} pool(s){label}"), &f);
+            if n_pools == 1 && i == 0 {
+                // The 16-pool lines' client (16 processes, 16 connections) on one pool: what
+                // the client's own cost takes, apart from the store's.
+                let f = measure(&servers, &pools, 16, dir, secs);
+                row(&format!("{what}, 1 pool, 16 h2load processes"), &f);
+                ours.2 = f.per_s;
+            }
             if i == 0 {
                 if n_pools == 1 {
                     ours.0 = f.per_s;
@@ -295,13 +310,15 @@ async fn main() {
         let path = sqlite_dir.join(format!("bench-{tag}.db"));
         async move { format!("sqlite://{}", path.display()) }
     };
-    let (one, sixteen) = store_lines("h2load, SQLite", sqlite, 1, &dir, secs).await;
+    let (one, sixteen, one_as_sixteen) = store_lines("h2load, SQLite", sqlite, 1, &dir, secs).await;
     println!(
-        "| SQLite, 16 pools ÷ 1 pool | {:.2} | | |",
-        sixteen / one.max(1.0)
+        "| SQLite, 16 pools ÷ 1 pool | {:.2} (÷ 1 pool with the same client: {:.2}) | | |",
+        sixteen / one.max(1.0),
+        sixteen / one_as_sixteen.max(1.0)
     );
     let postgres = |tag: usize| async move { pg::fresh_database(&format!("durable_{tag}")).await };
-    let (_, sixteen) = store_lines("h2load, PostgreSQL, 1 replica", postgres, 1, &dir, secs).await;
+    let (_, sixteen, _) =
+        store_lines("h2load, PostgreSQL, 1 replica", postgres, 1, &dir, secs).await;
     println!(
         "| PostgreSQL, 1 replica, 16 pools ÷ pgbench random-row tps | {:.2} | | |",
         sixteen / random.max(1.0)
