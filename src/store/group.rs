@@ -95,6 +95,12 @@ impl<W: Send + Sync + 'static> Group<W> {
         Self { queue, turns }
     }
 
+    /// Whether a transaction is in flight.
+    #[cfg(test)]
+    pub(super) fn busy(&self) -> bool {
+        self.turns.busy.load(Ordering::Acquire)
+    }
+
     /// Waits until no transaction is in flight. A subnet's batch waits here before it decides,
     /// so that it carries the jobs that arrived while the store committed others: more
     /// allocations per subnet write when many subnets are busy at once. At once when the store

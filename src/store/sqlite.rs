@@ -766,4 +766,62 @@ mod tests {
             assert_eq!((stored.version, &stored.subnet), expected, "{cidr}");
         }
     }
+
+    /// `next_turn` returns at once while the store is idle, and waits while a transaction is
+    /// in flight (here held up by another connection's write lock) until it commits.
+    #[tokio::test]
+    async fn a_turn_waits_for_the_transaction_in_flight() {
+        use sqlx::Connection;
+        let path = std::env::temp_dir().join(format!("allot-turn-{}.db", std::process::id()));
+        let url = format!("sqlite://{}", path.display());
+        let s = SqliteStore::connect(&url).await.expect("open");
+        let cidr = net("10.84.0.0/24");
+        let before = Subnet::with_pools(cidr, [None]).expect("pool");
+        s.create_subnet("t1", "local", &before)
+            .await
+            .expect("create");
+        let wait = |d| tokio::time::timeout(Duration::from_millis(d), s.next_turn());
+        assert!(wait(5_000).await.is_ok(), "idle: at once");
+
+        let mut other = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("connect");
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .expect("write lock");
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let id = PoolId::new("local", cidr, None).expect("id");
+                let mut after = before.clone();
+                let address = after
+                    .allocate(&id, &AddressRequest::default())
+                    .expect("free");
+                let block = block_of(after.addrs().ordinal(address).expect("inside"));
+                let change = Change {
+                    before: &before,
+                    after: &after,
+                    blocks: &[block],
+                };
+                s.update_subnet("t1", "local", &change, 2).await
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !s.writes().busy() {
+            assert!(std::time::Instant::now() < deadline, "the write started");
+            tokio::task::yield_now().await;
+        }
+        assert!(wait(200).await.is_err(), "a transaction is in flight");
+        sqlx::query("COMMIT")
+            .execute(&mut other)
+            .await
+            .expect("release");
+        assert!(wait(5_000).await.is_ok(), "its commit ends the turn");
+        writer.await.expect("task").expect("written");
+        drop(s);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
 }
