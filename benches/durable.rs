@@ -19,14 +19,14 @@
 )]
 
 mod pg;
+mod served;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use allot::proto::pb;
-use prost::Message;
+use served::{Binary, grpc_body};
 
 /// Requests in flight in all, across the h2load processes.
 const IN_FLIGHT: usize = 64;
@@ -35,61 +35,11 @@ fn benching() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// `allot serve` on loopback (no credentials), on `db`, until dropped.
-struct Binary(Child, SocketAddr);
-
-impl Binary {
-    fn start(program: &Path, db: &str, dir: &Path, n: usize) -> Self {
-        let log = dir.join(format!("allot-{n}.log"));
-        let child = Command::new(program)
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--database-url", db])
-            .current_dir(dir)
-            .env("RUST_LOG", "warn,allot::cli=info")
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("\"addr\":\"").nth(1) {
-                break rest.split('"').next().unwrap().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "allot did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self(child, addr)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["--server", &format!("http://{}", self.1)])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A gRPC request body: the 5-byte frame header and the message.
-fn grpc_body(path: &Path, msg: &impl Message) {
-    let bytes = msg.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
-    framed.extend_from_slice(&bytes);
-    std::fs::write(path, framed).unwrap();
+/// `allot serve` on loopback (no credentials), on `db`.
+fn start(program: &Path, db: &str, dir: &Path, n: usize) -> Binary {
+    let log = format!("allot-{n}.log");
+    let args = ["--database-url", db];
+    Binary::start(program, dir, &log, "warn,allot::cli=info", &args)
 }
 
 /// What one measurement gave: allocations/s over every h2load process, latency percentiles
@@ -123,9 +73,9 @@ fn measure(
     let mut runs = Vec::new();
     for i in 0..processes {
         let pool = &pools[i % pools.len()];
-        let body = dir.join(format!("body-{i}"));
-        grpc_body(
-            &body,
+        let body = grpc_body(
+            dir,
+            &format!("body-{i}"),
             &pb::RequestAddressRequest {
                 pool_id: pool.clone(),
                 ..Default::default()
@@ -255,9 +205,7 @@ where
         for (i, (label, program)) in builds().iter().enumerate() {
             tag += 1;
             let db = fresh(tag).await;
-            let servers: Vec<Binary> = (0..replicas)
-                .map(|r| Binary::start(program, &db, dir, r))
-                .collect();
+            let servers: Vec<Binary> = (0..replicas).map(|r| start(program, &db, dir, r)).collect();
             let pools: Vec<String> = (0..n_pools)
                 .map(|p| {
                     servers[0].cli(&[

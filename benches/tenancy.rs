@@ -19,10 +19,11 @@
 )]
 
 mod loadgen;
+mod served;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,7 +36,7 @@ use allot::proto::pb::ipam_service_client::IpamServiceClient;
 use allot::startup;
 use allot::store::{Directory, MemoryStore, SqliteStore, Store};
 use loadgen::{Stats, load};
-use prost::Message;
+use served::{Binary, grpc_body};
 use tokio::net::TcpListener;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
@@ -314,57 +315,6 @@ fn certificates(dir: &Path) -> (PathBuf, TlsFiles) {
     )
 }
 
-/// The real binary, serving `memory:` on a free port with `flags`.
-struct Binary(Child, SocketAddr);
-
-impl Binary {
-    /// Starts it with `flags`, logging (the audit trail included) to a file, as a deployment
-    /// would, rather than to a pipe this process would have to drain.
-    fn start(dir: &Path, flags: &[&str]) -> Self {
-        let log = dir.join(format!("allot-{}.log", flags.len()));
-        let child = Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--database-url", "memory:"])
-            .args(flags)
-            .current_dir(dir)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("\"addr\":\"").nth(1) {
-                break rest.split('"').next().unwrap().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "allot did not start: {text}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self(child, addr)
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_allot"))
-            .args(["--server", &self.1.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Requests per second h2load measured sending `body` to `path` (64 streams in flight).
 fn h2load(addr: SocketAddr, path: &str, body: &Path, token: Option<&str>, n: usize) -> f64 {
     let mut cmd = Command::new("h2load");
@@ -384,15 +334,18 @@ fn h2load(addr: SocketAddr, path: &str, body: &Path, token: Option<&str>, n: usi
         .unwrap_or_else(|| panic!("h2load said: {text}"))
 }
 
-/// A gRPC request body: the 5-byte frame header and the message.
-fn grpc_body(dir: &Path, name: &str, msg: &impl Message) -> PathBuf {
-    let bytes = msg.encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&u32::try_from(bytes.len()).unwrap().to_be_bytes());
-    framed.extend_from_slice(&bytes);
-    let path = dir.join(name);
-    std::fs::write(&path, framed).unwrap();
-    path
+/// The real binary, serving `memory:` with `flags`.
+fn served(dir: &Path, flags: &[&str]) -> Binary {
+    let mut args = vec!["--database-url", "memory:"];
+    args.extend_from_slice(flags);
+    let log = format!("allot-{}.log", flags.len());
+    Binary::start(
+        Path::new(env!("CARGO_BIN_EXE_allot")),
+        dir,
+        &log,
+        "info",
+        &args,
+    )
 }
 
 /// Authentication from outside the process: h2load against the real binary, with and without
@@ -403,7 +356,7 @@ fn from_outside(dir: &Path) {
         return;
     }
     let admin_file = dir.join("admin-token");
-    let open = Binary::start(dir, &[]);
+    let open = served(dir, &[]);
     let made = Command::new(env!("CARGO_BIN_EXE_allot"))
         .args(["admin", "token", "create", "--output"])
         .arg(&admin_file)
@@ -411,7 +364,7 @@ fn from_outside(dir: &Path) {
         .unwrap();
     assert!(made.status.success());
     let admin_flag = admin_file.display().to_string();
-    let tokens = Binary::start(dir, &["--admin-token-file", &admin_flag]);
+    let tokens = served(dir, &["--admin-token-file", &admin_flag]);
     let token = tokens.cli(&[
         "--token-file",
         &admin_flag,
