@@ -12,6 +12,27 @@ fn net(s: &str) -> IpNet {
 }
 
 /// A subnet with pools and a few allocations, some serial, one released.
+/// A subnet of one pool, stored for `tenant` as created, and the same after one allocation:
+/// (before, after, the block the allocation changed), for a test to write as version 2.
+pub(crate) async fn stored_then_allocated<S: Store + ?Sized>(
+    store: &S,
+    tenant: &str,
+    cidr: IpNet,
+) -> (Subnet, Subnet, Vec<u128>) {
+    let before = Subnet::with_pools(cidr, [None]).expect("pool");
+    store
+        .create_subnet(tenant, "local", &before)
+        .await
+        .expect("create");
+    let id = PoolId::new("local", cidr, None).expect("id");
+    let mut after = before.clone();
+    let address = after
+        .allocate(&id, &AddressRequest::default())
+        .expect("free");
+    let block = crate::engine::block_of(after.addrs().ordinal(address).expect("inside"));
+    (before, after, vec![block])
+}
+
 fn busy_subnet(cidr: &str, sub_pools: &[&str]) -> Subnet {
     let subs: Vec<Option<IpNet>> = sub_pools
         .iter()

@@ -704,7 +704,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{AddressRequest, PoolId, block_of};
+    use crate::store::conformance::stored_then_allocated;
 
     fn net(s: &str) -> IpNet {
         s.parse().expect("valid prefix")
@@ -722,17 +722,8 @@ mod tests {
         ];
         let mut changes = Vec::new();
         for (tenant, cidr) in keys {
-            let before = Subnet::with_pools(net(cidr), [None]).expect("pool");
-            s.create_subnet(tenant, "local", &before)
-                .await
-                .expect("create");
-            let id = PoolId::new("local", net(cidr), None).expect("id");
-            let mut after = before.clone();
-            let address = after
-                .allocate(&id, &AddressRequest::default())
-                .expect("free");
-            let block = block_of(after.addrs().ordinal(address).expect("inside"));
-            changes.push((tenant, before, after, vec![block]));
+            let (before, after, blocks) = stored_then_allocated(&s, tenant, net(cidr)).await;
+            changes.push((tenant, before, after, blocks));
         }
         let writes: Vec<SqliteWrite> = changes
             .iter()
@@ -775,11 +766,7 @@ mod tests {
         let path = std::env::temp_dir().join(format!("allot-turn-{}.db", std::process::id()));
         let url = format!("sqlite://{}", path.display());
         let s = SqliteStore::connect(&url).await.expect("open");
-        let cidr = net("10.84.0.0/24");
-        let before = Subnet::with_pools(cidr, [None]).expect("pool");
-        s.create_subnet("t1", "local", &before)
-            .await
-            .expect("create");
+        let (before, after, blocks) = stored_then_allocated(&s, "t1", net("10.84.0.0/24")).await;
         let wait = |d| tokio::time::timeout(Duration::from_millis(d), s.next_turn());
         assert!(wait(5_000).await.is_ok(), "idle: at once");
 
@@ -793,16 +780,10 @@ mod tests {
         let writer = {
             let s = s.clone();
             tokio::spawn(async move {
-                let id = PoolId::new("local", cidr, None).expect("id");
-                let mut after = before.clone();
-                let address = after
-                    .allocate(&id, &AddressRequest::default())
-                    .expect("free");
-                let block = block_of(after.addrs().ordinal(address).expect("inside"));
                 let change = Change {
                     before: &before,
                     after: &after,
-                    blocks: &[block],
+                    blocks: &blocks,
                 };
                 s.update_subnet("t1", "local", &change, 2).await
             })

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use super::testdb::TestDb;
 use super::*;
 use crate::engine::{AddressRequest, PoolId};
+use crate::store::conformance::stored_then_allocated;
 
 fn store(pool: PgPool) -> PgStore {
     PgStore::from_pool(pool, Duration::from_secs(30))
@@ -494,22 +495,8 @@ async fn a_batch_commits_every_subnet_but_the_one_that_lost_its_race() {
     ];
     let mut changes = Vec::new();
     for (tenant, cidr) in keys {
-        let before = Subnet::with_pools(net(cidr), [None]).expect("pool");
-        s.create_subnet(tenant, "local", &before)
-            .await
-            .expect("create");
-        let id = PoolId::new("local", net(cidr), None).expect("id");
-        let mut after = before.clone();
-        let address = after
-            .allocate(&id, &AddressRequest::default())
-            .expect("free");
-        let ordinal = after.addrs().ordinal(address).expect("inside");
-        changes.push((
-            tenant,
-            before,
-            after,
-            vec![crate::engine::block_of(ordinal)],
-        ));
+        let (before, after, blocks) = stored_then_allocated(&s, tenant, net(cidr)).await;
+        changes.push((tenant, before, after, blocks));
     }
     listener.listen(CHANNEL).await.expect("listen");
     // The second one names a version another writer already took.
@@ -593,20 +580,11 @@ async fn a_burst_of_writes_is_announced_in_a_few_notifications_that_fit() {
     for i in 0..300u32 {
         let tenant = format!("tenant-{i:0>48}");
         let cidr = net(&format!("10.{}.{}.0/24", i / 256, i % 256));
-        let before = Subnet::with_pools(cidr, [None]).expect("pool");
-        s.create_subnet(&tenant, "local", &before)
-            .await
-            .expect("create");
-        let id = PoolId::new("local", cidr, None).expect("id");
-        let mut after = before.clone();
-        let address = after
-            .allocate(&id, &AddressRequest::default())
-            .expect("free");
-        let block = crate::engine::block_of(after.addrs().ordinal(address).expect("inside"));
+        let (before, after, blocks) = stored_then_allocated(&s, &tenant, cidr).await;
         let change = Change {
             before: &before,
             after: &after,
-            blocks: &[block],
+            blocks: &blocks,
         };
         writes.push(SubnetWrite::of(&tenant, "local", &change, 2));
     }
