@@ -175,7 +175,10 @@ async fn commit_queued<S: Writes>(
             batch
         };
         turns.busy.store(true, Ordering::Release);
-        commit(store.as_ref(), batch).await;
+        // In a task of its own: a panic while writing fails only this batch's callers (their
+        // replies are dropped, which they see as an error), and this writer goes on.
+        let writing = Arc::clone(&store);
+        let _ = tokio::spawn(async move { commit(writing.as_ref(), batch).await }).await;
         expected = turns.waiting.swap(0, Ordering::AcqRel);
         turns.busy.store(false, Ordering::Release);
         turns.ended.notify_waiters();
