@@ -147,6 +147,7 @@ fn state_op(
             let r = c
                 .get_ipam_state(pb::GetIpamStateRequest {
                     pool_ids: ids.to_vec(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();
@@ -164,6 +165,7 @@ fn every_op(
             let r = c
                 .get_ipam_state(pb::GetIpamStateRequest {
                     pool_ids: Vec::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

@@ -219,7 +219,11 @@ async fn main() {
         let fresh = PgStore::connect(&url, TIMEOUT).await.unwrap();
         let ipam = driver(Arc::new(fresh)).await;
         best = best.min(t0.elapsed());
-        let n = ipam.list_pools(Some("global")).await.unwrap().len();
+        let n = ipam
+            .list_pools(Some("global"), &allot::ipam::PoolPage::ALL)
+            .await
+            .unwrap()
+            .len();
         assert_eq!(n, n_subnets);
     }
     println!(

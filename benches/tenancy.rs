@@ -133,9 +133,12 @@ fn state_op(id: String) -> Op {
     Arc::new(move |mut c: Client, _| {
         let id = id.clone();
         Box::pin(async move {
-            c.get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![id] })
-                .await
-                .unwrap();
+            c.get_ipam_state(pb::GetIpamStateRequest {
+                pool_ids: vec![id],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         })
     })
 }
@@ -387,6 +390,7 @@ fn from_outside(dir: &Path) {
         "state",
         &pb::GetIpamStateRequest {
             pool_ids: vec!["local/10.0.0.0/8".into()],
+            ..Default::default()
         },
     );
     let alloc = grpc_body(
@@ -477,7 +481,13 @@ async fn cold_start(dir: &Path) {
         .driver(&format!("t{}", n_tenants - 1))
         .await
         .unwrap();
-    assert_eq!(ipam.list_pools(None).await.unwrap().len(), n_pools);
+    assert_eq!(
+        ipam.list_pools(None, &allot::ipam::PoolPage::ALL)
+            .await
+            .unwrap()
+            .len(),
+        n_pools
+    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -195,19 +195,10 @@ fn not_a_gateway(owner: &str) -> bool {
 #[async_trait::async_trait]
 impl Allot for IpamClient {
     async fn pools(&self) -> anyhow::Result<Vec<String>> {
-        let listed = self
-            .clone()
-            .list_pools(pb::ListPoolsRequest {
-                address_space: LOCAL_SPACE.to_owned(),
-            })
+        let listed = crate::cli::every_pool(&mut self.clone(), LOCAL_SPACE)
             .await
             .map_err(|s| anyhow::anyhow!("listing pools: {}", s.message()))?;
-        Ok(listed
-            .into_inner()
-            .pools
-            .into_iter()
-            .map(|p| p.pool_id)
-            .collect())
+        Ok(listed.into_iter().map(|p| p.pool_id).collect())
     }
 
     async fn held(&self, pool_id: &str) -> anyhow::Result<BTreeSet<IpAddr>> {
@@ -274,7 +265,9 @@ fn pool_id(id: &str) -> anyhow::Result<crate::engine::PoolId> {
 #[async_trait::async_trait]
 impl Allot for InServer {
     async fn pools(&self) -> anyhow::Result<Vec<String>> {
-        let pools = self.driver().await?.list_pools(Some(LOCAL_SPACE)).await?;
+        let driver = self.driver().await?;
+        let every = crate::ipam::PoolPage::ALL;
+        let pools = driver.list_pools(Some(LOCAL_SPACE), &every).await?;
         Ok(pools.iter().map(ToString::to_string).collect())
     }
 

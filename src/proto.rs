@@ -54,6 +54,43 @@ pub fn owner(input: &str) -> Result<Option<engine::owners::Owner>, engine::Error
 /// The default and the largest page of `ListAllocations`.
 pub const PAGE_SIZE: (usize, usize) = (100, 1000);
 
+/// The default and the largest page of `ListPools` and of `GetIpamState` over every pool.
+pub const POOL_PAGE_SIZE: (usize, usize) = (1000, 10_000);
+
+fn bad_page(key: &str, value: &str, reason: &'static str) -> engine::Error {
+    engine::Error::InvalidOption {
+        key: key.to_owned(),
+        value: engine::error::shown(value),
+        reason,
+    }
+}
+
+/// A page size as asked (0: the default), at most the largest.
+fn page_limit(page_size: i32, (default, largest): (usize, usize)) -> Result<usize, engine::Error> {
+    match usize::try_from(page_size) {
+        Err(_) => Err(bad_page("page_size", &page_size.to_string(), "negative")),
+        Ok(0) => Ok(default),
+        Ok(n) => Ok(n.min(largest)),
+    }
+}
+
+/// Reads which page of pools `ListPools` or `GetIpamState` asks for.
+///
+/// # Errors
+/// `InvalidOption` for a negative page size or a page token that is not a pool id.
+pub fn pool_page(page_size: i32, page_token: &str) -> Result<crate::ipam::PoolPage, engine::Error> {
+    let limit = page_limit(page_size, POOL_PAGE_SIZE)?;
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        let after = page_token
+            .parse()
+            .map_err(|_| bad_page("page_token", page_token, "not a token a page of pools gave"))?;
+        Some(after)
+    };
+    Ok(crate::ipam::PoolPage { after, limit })
+}
+
 /// Reads which page of a pool's allocations `ListAllocations` asks for.
 ///
 /// # Errors
@@ -63,16 +100,8 @@ pub fn allocation_page(
     id: &PoolId,
     req: &pb::ListAllocationsRequest,
 ) -> Result<crate::ipam::AllocationPage, engine::Error> {
-    let bad = |key: &str, value: &str, reason| engine::Error::InvalidOption {
-        key: key.to_owned(),
-        value: engine::error::shown(value),
-        reason,
-    };
-    let limit = match usize::try_from(req.page_size) {
-        Err(_) => return Err(bad("page_size", &req.page_size.to_string(), "negative")),
-        Ok(0) => PAGE_SIZE.0,
-        Ok(n) => n.min(PAGE_SIZE.1),
-    };
+    let bad = bad_page;
+    let limit = page_limit(req.page_size, PAGE_SIZE)?;
     let after = if req.page_token.is_empty() {
         None
     } else {

@@ -63,7 +63,7 @@ pub async fn release_owner(
 ) -> Result<Vec<Taken>, Error> {
     let every = pools.is_empty();
     let pools = if every {
-        ipam.list_pools(None).await?
+        ipam.list_pools(None, &crate::ipam::PoolPage::ALL).await?
     } else {
         pools
     };

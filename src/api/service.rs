@@ -77,6 +77,30 @@ fn invalid(err: crate::engine::Error) -> Status {
     status(&ipam::Error::Engine(err))
 }
 
+/// One page of pools, and the token of the next page (empty after the last).
+async fn pool_page(
+    ipam: &dyn Ipam,
+    space: Option<&str>,
+    page: ipam::PoolPage,
+) -> Result<(Vec<engine::PoolId>, String), Status> {
+    let limit = page.limit;
+    // One more than asked: whether another page follows.
+    let more = ipam::PoolPage {
+        limit: limit + 1,
+        ..page
+    };
+    let mut ids = ipam
+        .list_pools(space, &more)
+        .await
+        .map_err(|e| status(&e))?;
+    if ids.len() <= limit {
+        return Ok((ids, String::new()));
+    }
+    ids.truncate(limit);
+    let next = ids.last().map(ToString::to_string).unwrap_or_default();
+    Ok((ids, next))
+}
+
 #[tonic::async_trait]
 impl pb::ipam_service_server::IpamService for IpamApi {
     #[tracing::instrument(name = "GetDefaultAddressSpaces", skip_all)]
@@ -196,11 +220,13 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         request: Request<pb::ListPoolsRequest>,
     ) -> Result<Response<pb::ListPoolsResponse>, Status> {
         let (_, ipam) = self.driver(&request).await?;
-        let space = &request.get_ref().address_space;
-        let space = (!space.is_empty()).then_some(space.as_str());
-        let ids = ipam.list_pools(space).await.map_err(|e| status(&e))?;
+        let r = request.get_ref();
+        let space = (!r.address_space.is_empty()).then_some(r.address_space.as_str());
+        let page = proto::pool_page(r.page_size, &r.page_token).map_err(invalid)?;
+        let (ids, next_page_token) = pool_page(ipam.as_ref(), space, page).await?;
         Ok(Response::new(pb::ListPoolsResponse {
             pools: ids.iter().map(proto::pool).collect(),
+            next_page_token,
         }))
     }
 
@@ -362,16 +388,38 @@ impl pb::ipam_service_server::IpamService for IpamApi {
         request: Request<pb::GetIpamStateRequest>,
     ) -> Result<Response<pb::GetIpamStateResponse>, Status> {
         let (_, ipam) = self.driver(&request).await?;
-        let ids = request
-            .get_ref()
+        let r = request.get_ref();
+        if r.pool_ids.is_empty() {
+            // Every pool, a page at a time: one released between its listing and its state
+            // is left out rather than failing the call.
+            let page = proto::pool_page(r.page_size, &r.page_token).map_err(invalid)?;
+            let (ids, next_page_token) = pool_page(ipam.as_ref(), None, page).await?;
+            let mut states = ipam.utilization(&ids).await.map_err(|e| status(&e))?;
+            states.retain(|s| !s.is_missing());
+            return Ok(Response::new(pb::GetIpamStateResponse {
+                pools: states.iter().map(proto::pool_state).collect(),
+                next_page_token,
+            }));
+        }
+        if r.page_size != 0 || !r.page_token.is_empty() {
+            return Err(invalid_request(
+                "page_size and page_token page through every pool: leave them out when naming pool_ids",
+            ));
+        }
+        let ids = r
             .pool_ids
             .iter()
             .map(|s| proto::pool_id(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let states = ipam.utilization(&ids).await.map_err(|e| status(&e))?;
+        // Naming a pool that does not exist is the caller's mistake.
+        if let Some(missing) = states.iter().find(|s| s.is_missing()) {
+            return Err(status(&ipam::not_found(&missing.id)));
+        }
         Ok(Response::new(pb::GetIpamStateResponse {
             pools: states.iter().map(proto::pool_state).collect(),
+            next_page_token: String::new(),
         }))
     }
 }

@@ -189,3 +189,56 @@ impl Target {
         ))
     }
 }
+
+/// Every pool of `space` (every space when empty), following `ListPools`' pages.
+///
+/// # Errors
+/// The server refused a page.
+pub async fn every_pool(
+    client: &mut IpamClient,
+    space: &str,
+) -> Result<Vec<crate::proto::pb::Pool>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_pools(crate::proto::pb::ListPoolsRequest {
+                address_space: space.to_owned(),
+                page_size: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        out.extend(page.pools);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// The state of every pool, following `GetIpamState`'s pages.
+///
+/// # Errors
+/// The server refused a page.
+pub async fn every_state(
+    client: &mut IpamClient,
+) -> Result<Vec<crate::proto::pb::PoolState>, tonic::Status> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .get_ipam_state(crate::proto::pb::GetIpamStateRequest {
+                pool_ids: Vec::new(),
+                page_size: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        out.extend(page.pools);
+        if page.next_page_token.is_empty() {
+            return Ok(out);
+        }
+        page_token = page.next_page_token;
+    }
+}

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 mod admin;
 mod client;
 
-pub use client::{IpamClient, Target};
+pub use client::{IpamClient, Target, every_pool, every_state};
 
 use crate::api::conn::{Gate, Incoming, Limits, raise_fd_limit};
 use crate::api::tls::Tls;
@@ -462,16 +462,11 @@ async fn pool(target: &Target, cmd: PoolCommand) -> anyhow::Result<()> {
             println!("released {pool_id}");
         }
         PoolCommand::List { space } => {
-            let r = c
-                .list_pools(pb::ListPoolsRequest {
-                    address_space: space,
-                })
-                .await
-                .map_err(failed)?;
-            for p in &r.get_ref().pools {
+            let pools = every_pool(&mut c, &space).await.map_err(failed)?;
+            for p in &pools {
                 println!("{}", p.pool_id);
             }
-            if r.get_ref().pools.is_empty() {
+            if pools.is_empty() {
                 // On stderr: a script reading the ids sees none.
                 eprintln!("(no pools)");
             }
@@ -564,14 +559,22 @@ async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
 
 async fn state(target: &Target, pool_ids: Vec<String>, output: Output) -> anyhow::Result<()> {
     let mut c = target.ipam().await?;
-    let r = c
-        .get_ipam_state(pb::GetIpamStateRequest { pool_ids })
-        .await
-        .map_err(failed)?;
-    let pools = &r.get_ref().pools;
+    let pools = if pool_ids.is_empty() {
+        every_state(&mut c).await.map_err(failed)?
+    } else {
+        let named = pb::GetIpamStateRequest {
+            pool_ids,
+            ..Default::default()
+        };
+        c.get_ipam_state(named)
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .pools
+    };
     match output {
-        Output::Json => println!("{}", state_json(pools)),
-        Output::Table => print!("{}", state_table(pools)),
+        Output::Json => println!("{}", state_json(&pools)),
+        Output::Table => print!("{}", state_table(&pools)),
     }
     Ok(())
 }

@@ -256,7 +256,27 @@ impl<'a> Session<'a> {
     where
         F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let answered = tokio::time::timeout(CALL_TIMEOUT, call).await;
+        self.answered(what, answered)
+    }
+
+    /// As [`Self::call`], but what allot does not find is `None`.
+    async fn lookup<T, F>(&self, what: &str, call: F) -> Result<Option<T>, CniError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => Ok(None),
+            answered => self.answered(what, answered).map(Some),
+        }
+    }
+
+    fn answered<T>(
+        &self,
+        what: &str,
+        answered: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>,
+    ) -> Result<T, CniError> {
+        match answered {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(self.refused(what, &status)),
             Err(_) => Err(CniError::new(
@@ -277,22 +297,19 @@ impl<'a> Session<'a> {
                 range,
             } => (space, subnet.to_string(), range.map(|r| r.to_string())),
         };
+        // A pool's id is its space, subnet and range: asked for by id, it is there or not.
+        let id = match &range {
+            Some(range) => format!("{space}/{subnet}/{range}"),
+            None => format!("{space}/{subnet}"),
+        };
         let find = || async {
-            let listed = self
-                .call(
-                    "listing pools",
-                    self.client().list_pools(pb::ListPoolsRequest {
-                        address_space: space.clone(),
-                    }),
-                )
-                .await?;
-            Ok::<_, CniError>(
-                listed
-                    .pools
-                    .into_iter()
-                    .find(|p| p.pool == subnet && p.sub_pool == range.clone().unwrap_or_default())
-                    .map(|p| p.pool_id),
-            )
+            let mut client = self.client();
+            let asked = client.get_ipam_state(pb::GetIpamStateRequest {
+                pool_ids: vec![id.clone()],
+                ..Default::default()
+            });
+            let found = self.lookup(&format!("looking up pool {id}"), asked).await?;
+            Ok::<_, CniError>(found.map(|_| id.clone()))
         };
         if let Some(id) = find().await? {
             return Ok(Some(id));
@@ -455,6 +472,7 @@ impl<'a> Session<'a> {
                 &format!("reading pool {pool_id}"),
                 self.client().get_ipam_state(pb::GetIpamStateRequest {
                     pool_ids: vec![pool_id.clone()],
+                    ..Default::default()
                 }),
             )
             .await

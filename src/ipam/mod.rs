@@ -18,7 +18,9 @@ mod router;
 mod tenants;
 mod tracked;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
@@ -158,8 +160,9 @@ pub trait Ipam: Send + Sync + 'static {
     /// Deletes a pool (its subnet goes with its last pool).
     async fn release_pool(&self, id: &PoolId) -> Result<(), Error>;
 
-    /// Lists the pools of one address space, or of all, in address order.
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error>;
+    /// Lists the pools of one address space, or of all, in pool id order (space, then
+    /// subnet, then sub-pool), from where `page` starts and at most `page.limit` of them.
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error>;
 
     /// Allocates an address; returns it with the subnet's prefix length. Options beyond the
     /// ones allot reads itself (serial, gateway) go to the driver, e.g. an endpoint's MAC
@@ -177,7 +180,7 @@ pub trait Ipam: Send + Sync + 'static {
 
     /// Returns the utilization of each pool named, in that order: its figures, or why they
     /// cannot be had — a pool that does not exist is answered [`PoolState::missing`]. Callers
-    /// wanting every pool list them first ([`Router`] does, once for all drivers).
+    /// wanting every pool list them first, a page at a time.
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error>;
 
     /// Lists a pool's allocations a page at a time (see [`engine::Subnet::allocations`]). A
@@ -195,6 +198,45 @@ pub trait Ipam: Send + Sync + 'static {
                 self.name()
             ),
         })
+    }
+}
+
+/// Which page of pools to list: those after a pool id, in pool id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPage {
+    /// After this pool (exclusive); from the first when `None`.
+    pub after: Option<PoolId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl PoolPage {
+    /// Every pool, on one page: for callers inside the server that need them all.
+    pub const ALL: Self = Self {
+        after: None,
+        limit: usize::MAX,
+    };
+
+    /// Whether `id` comes after where the page starts.
+    #[must_use]
+    pub fn follows(&self, id: &PoolId) -> bool {
+        self.after.as_ref().is_none_or(|after| id > after)
+    }
+
+    /// The page of `pools` (a map in pool id order), of `space` or of every space.
+    #[must_use]
+    pub fn of<V>(&self, pools: &BTreeMap<PoolId, V>, space: Option<&str>) -> Vec<PoolId> {
+        let start = self
+            .after
+            .as_ref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        pools
+            .range((start, Bound::Unbounded))
+            .map(|(id, _)| id)
+            .filter(|id| space.is_none_or(|s| id.space() == s))
+            .take(self.limit)
+            .cloned()
+            .collect()
     }
 }
 
@@ -360,7 +402,7 @@ pub struct Usage {
 /// # Errors
 /// The driver cannot list its pools.
 pub async fn usage(ipam: &dyn Ipam) -> Result<Usage, Error> {
-    let ids = ipam.list_pools(None).await?;
+    let ids = ipam.list_pools(None, &PoolPage::ALL).await?;
     let states = ipam.utilization(&ids).await?;
     let mut subnets = std::collections::BTreeMap::new();
     for state in &states {
@@ -391,7 +433,8 @@ fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-fn not_found(id: &PoolId) -> Error {
+/// The error for a pool that does not exist.
+pub(crate) fn not_found(id: &PoolId) -> Error {
     Error::Engine(engine::Error::PoolNotFound {
         pool_id: id.to_string(),
     })

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found, refuse_options, refuse_owner};
 use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest, SubnetSpec, Utilization};
-use crate::ipam::AllocationPage;
+use crate::ipam::{AllocationPage, PoolPage};
 
 /// Docker's name for the null driver's address space.
 pub const NULL_SPACE: &str = "null";
@@ -115,13 +115,8 @@ impl Ipam for Null {
         }
     }
 
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
-        Ok(self
-            .pools()
-            .keys()
-            .filter(|id| space.is_none_or(|s| id.space() == s))
-            .cloned()
-            .collect())
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
+        Ok(page.of(&self.pools(), space))
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {

@@ -28,7 +28,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{OnceCell, RwLock};
 
 use super::protocol::{self as wire, CONTENT_TYPE};
-use super::{Capabilities, Error, Ipam, Kind, PoolState, not_found};
+use super::{Capabilities, Error, Ipam, Kind, PoolPage, PoolState, not_found};
 use crate::engine::owners::Owner;
 use crate::engine::{
     AddressRequest, GATEWAY_ADDRESS_TYPE, PoolId, PoolRequest, REQUEST_ADDRESS_TYPE, SERIAL_OPTION,
@@ -439,15 +439,8 @@ impl Ipam for Remote {
         Ok(())
     }
 
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
-        Ok(self
-            .pools
-            .read()
-            .await
-            .keys()
-            .filter(|id| space.is_none_or(|s| id.space() == s))
-            .cloned()
-            .collect())
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
+        Ok(page.of(&*self.pools.read().await, space))
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ipnet::IpNet;
 
-use super::{AllocationPage, Capabilities, Error, Ipam, PoolState, not_found};
+use super::{AllocationPage, Capabilities, Error, Ipam, PoolPage, PoolState};
 use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
 
@@ -79,19 +79,23 @@ impl Router {
         }
     }
 
-    /// The utilization of every pool: "every pool" is expanded here, once, into each
-    /// driver's listing; a pool released between its listing and its state is left out
-    /// rather than failing the call.
-    async fn every_utilization(&self) -> Result<Vec<PoolState>, Error> {
+    /// The page of the pools of every space that `driver` (an index) serves: a driver may
+    /// list pools of spaces routed to another, which are skipped, asking on until the page
+    /// is full or the driver has no more.
+    async fn served_page(&self, i: usize, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
         let mut out = Vec::new();
-        for (i, driver) in self.drivers.iter().enumerate() {
-            let mut ids = driver.list_pools(None).await?;
-            ids.retain(|id| self.serves(i, id.space()));
-            let states = self.states_of(driver, &ids).await;
-            out.extend(states.into_iter().filter(|s| !s.is_missing()));
+        let mut from = page.clone();
+        loop {
+            let listed = self.drivers[i].list_pools(None, &from).await?;
+            let more = listed.len() == from.limit;
+            from.after = listed.last().cloned().or(from.after);
+            out.extend(listed.into_iter().filter(|id| self.serves(i, id.space())));
+            if !more || out.len() >= page.limit {
+                out.truncate(page.limit);
+                return Ok(out);
+            }
+            from.limit = page.limit - out.len();
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
     }
 }
 
@@ -124,16 +128,17 @@ impl Ipam for Router {
         self.driver(id.space()).release_pool(id).await
     }
 
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
         if let Some(space) = space {
-            return self.driver(space).list_pools(Some(space)).await;
+            return self.driver(space).list_pools(Some(space), page).await;
         }
+        // Each driver's page, merged: the first `limit` of them all are the page.
         let mut out = Vec::new();
-        for (i, driver) in self.drivers.iter().enumerate() {
-            let pools = driver.list_pools(None).await?;
-            out.extend(pools.into_iter().filter(|id| self.serves(i, id.space())));
+        for i in 0..self.drivers.len() {
+            out.extend(self.served_page(i, page).await?);
         }
         out.sort();
+        out.truncate(page.limit);
         Ok(out)
     }
 
@@ -161,9 +166,6 @@ impl Ipam for Router {
     }
 
     async fn utilization(&self, ids: &[PoolId]) -> Result<Vec<PoolState>, Error> {
-        if ids.is_empty() {
-            return self.every_utilization().await;
-        }
         // Each driver is asked once, for its pools; answers go back in the order asked.
         let mut out: Vec<Option<PoolState>> = vec![None; ids.len()];
         for (i, driver) in self.drivers.iter().enumerate() {
@@ -178,10 +180,6 @@ impl Ipam for Router {
             }
             let states = self.states_of(driver, &mine).await;
             for (pos, state) in positions.into_iter().zip(states) {
-                // Asking for a pool that does not exist is the caller's mistake.
-                if state.is_missing() {
-                    return Err(not_found(&state.id));
-                }
                 out[pos] = Some(state);
             }
         }
@@ -230,8 +228,13 @@ mod tests {
         async fn release_pool(&self, _: &PoolId) -> Result<(), Error> {
             Err(down())
         }
-        async fn list_pools(&self, _: Option<&str>) -> Result<Vec<PoolId>, Error> {
-            Ok(vec!["far/10.9.0.0/16".parse().expect("id")])
+        async fn list_pools(
+            &self,
+            space: Option<&str>,
+            page: &PoolPage,
+        ) -> Result<Vec<PoolId>, Error> {
+            let far: PoolId = "far/10.9.0.0/16".parse().expect("id");
+            Ok(page.of(&BTreeMap::from([(far, ())]), space))
         }
         async fn request_address(&self, _: &PoolId, _: &AddressRequest) -> Result<IpNet, Error> {
             Err(down())
@@ -277,7 +280,8 @@ mod tests {
             .expect("null pool");
         assert_eq!(null.to_string(), "null/0.0.0.0/0");
         let far: PoolId = "far/10.9.0.0/16".parse().expect("id");
-        let states = r.utilization(&[]).await.expect("states");
+        let every = r.list_pools(None, &PoolPage::ALL).await.expect("list");
+        let states = r.utilization(&every).await.expect("states");
         let by_id: BTreeMap<String, &PoolState> =
             states.iter().map(|s| (s.id.to_string(), s)).collect();
         assert_eq!(states.len(), 3, "{states:?}");
@@ -311,12 +315,24 @@ mod tests {
             .expect("states");
         assert_eq!(named[0].id, far);
         assert_eq!(named[1].id, local);
-        // Unknown pools are still the caller's mistake.
+        // Unknown pools are answered missing (the API refuses them).
         let unknown: PoolId = "local/10.2.0.0/24".parse().expect("id");
-        assert_eq!(
-            r.utilization(&[unknown]).await.expect_err("unknown").kind(),
-            Kind::NotFound
-        );
+        let states = r.utilization(&[unknown]).await.expect("states");
+        assert!(states[0].is_missing(), "{states:?}");
+        // A page at a time, across drivers, in pool id order: each pool once.
+        let mut paged = Vec::new();
+        let mut page = PoolPage {
+            after: None,
+            limit: 1,
+        };
+        loop {
+            let ids = r.list_pools(None, &page).await.expect("page");
+            let Some(last) = ids.last() else { break };
+            page.after = Some(last.clone());
+            paged.extend(ids);
+        }
+        assert_eq!(paged, every);
+        assert_eq!(every, [far.clone(), local.clone(), null.clone()]);
         // Capabilities: what any driver needs.
         assert!(r.capabilities().requires_mac_address);
     }
@@ -349,7 +365,9 @@ mod tests {
         }
         r.release_pool(&a).await.expect("release");
         assert_eq!(
-            r.list_pools(Some("null")).await.expect("list"),
+            r.list_pools(Some("null"), &PoolPage::ALL)
+                .await
+                .expect("list"),
             vec![b.clone()]
         );
         r.release_pool(&b).await.expect("release");

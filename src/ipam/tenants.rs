@@ -147,7 +147,7 @@ mod tests {
 
     use super::*;
     use crate::engine::{AddressRequest, PoolRequest};
-    use crate::ipam::{Builtin, Kind};
+    use crate::ipam::{Builtin, Kind, PoolPage};
     use crate::store::{MemoryStore, TenantDeletion};
 
     fn builtin(store: Arc<dyn Store>) -> Build {
@@ -186,7 +186,10 @@ mod tests {
         // The same subnet and the same first address, independently.
         assert_eq!(addresses[0], addresses[1]);
         let acme = tenants.driver("acme").await.unwrap();
-        assert_eq!(acme.list_pools(None).await.unwrap().len(), 1);
+        assert_eq!(
+            acme.list_pools(None, &PoolPage::ALL).await.unwrap().len(),
+            1
+        );
         // Deleted: forgotten, and refused as missing.
         assert_eq!(
             store.delete_tenant("acme", true).await.unwrap(),
@@ -196,6 +199,9 @@ mod tests {
         let gone = tenants.driver("acme").await.err().map(|e| e.kind());
         assert_eq!(gone, Some(Kind::NotFound));
         let beta = tenants.driver("beta").await.unwrap();
-        assert_eq!(beta.list_pools(None).await.unwrap().len(), 1);
+        assert_eq!(
+            beta.list_pools(None, &PoolPage::ALL).await.unwrap().len(),
+            1
+        );
     }
 }

@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::{Builtin, Capabilities, Error, Ipam, Kind, PoolState, Source};
 use crate::engine::owners::{Holder, Owner};
 use crate::engine::{AddressRequest, PoolId, PoolRequest};
-use crate::ipam::AllocationPage;
+use crate::ipam::{AllocationPage, PoolPage};
 
 /// A driver, and the record of what passed through it.
 pub struct Tracked {
@@ -74,8 +74,8 @@ impl Ipam for Tracked {
         Ok(())
     }
 
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
-        self.inner.list_pools(space).await
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
+        self.inner.list_pools(space, page).await
     }
 
     async fn request_address(&self, id: &PoolId, req: &AddressRequest) -> Result<IpNet, Error> {
@@ -124,7 +124,12 @@ impl Ipam for Tracked {
                     source: Source::Tracked,
                     ..state
                 }
-            } else if self.inner.list_pools(Some(id.space())).await?.contains(id) {
+            } else if self
+                .inner
+                .list_pools(Some(id.space()), &PoolPage::ALL)
+                .await?
+                .contains(id)
+            {
                 // A pool of the driver's that the record never saw (it could not follow).
                 let untracked = Error::Driver {
                     driver: driver.to_owned(),

@@ -15,7 +15,7 @@ use super::{
 use crate::auth::TokenId;
 use crate::engine::Subnet;
 
-type Key = (String, String, String);
+type Key = (String, String, IpNet);
 
 /// A stored subnet: version, encoded state, pool keys, owner rows by address.
 type Row = (u64, Vec<u8>, Vec<String>, BTreeMap<String, OwnerRow>);
@@ -83,7 +83,7 @@ impl MemoryStore {
 }
 
 fn key(tenant: &str, space: &str, net: IpNet) -> Key {
-    (tenant.to_owned(), space.to_owned(), net.to_string())
+    (tenant.to_owned(), space.to_owned(), net)
 }
 
 fn row(subnet: &Subnet, version: u64) -> Row {
@@ -97,10 +97,10 @@ fn row(subnet: &Subnet, version: u64) -> Row {
 
 fn record(
     space: &str,
-    subnet: &str,
+    subnet: IpNet,
     (version, state, pools, owners): &Row,
 ) -> Result<SubnetRecord, Error> {
-    let decoded = decode_subnet(space, subnet, state, pools)?;
+    let decoded = decode_subnet(space, &subnet.to_string(), state, pools)?;
     Ok(SubnetRecord {
         space: space.to_owned(),
         subnet: with_owner_rows(space, decoded, owners.clone().into_iter().collect())?,
@@ -114,7 +114,7 @@ impl Store for MemoryStore {
         self.rows()
             .iter()
             .filter(|((t, _, _), _)| t == tenant)
-            .map(|((_, space, subnet), row)| record(space, subnet, row))
+            .map(|((_, space, subnet), row)| record(space, *subnet, row))
             .collect()
     }
 
@@ -126,7 +126,7 @@ impl Store for MemoryStore {
     ) -> Result<Option<SubnetRecord>, Error> {
         let rows = self.rows();
         let k = key(tenant, space, net);
-        rows.get(&k).map(|row| record(space, &k.2, row)).transpose()
+        rows.get(&k).map(|row| record(space, k.2, row)).transpose()
     }
 
     async fn version(&self, tenant: &str, space: &str, net: IpNet) -> Result<Option<u64>, Error> {
@@ -141,18 +141,25 @@ impl Store for MemoryStore {
     ) -> Result<u64, Error> {
         let mut rows = self.rows();
         let k = key(tenant, space, subnet.net());
-        // Linear, as befits a test store: the SQL stores ask an index.
-        let overlap = rows.keys().find(|(t, s, stored)| {
-            t == tenant
-                && s == space
-                && stored
-                    .parse::<IpNet>()
-                    .is_ok_and(|n| n.contains(&subnet.net()) || subnet.net().contains(&n))
-        });
+        // The stored subnets of a space are disjoint: only the last at or before the new one
+        // can hold its first address, and only the first after it can start inside it.
+        let net = subnet.net();
+        let lowest = IpNet::V4(ipnet::Ipv4Net::default());
+        let before = rows
+            .range(key(tenant, space, lowest)..=k.clone())
+            .next_back();
+        let after = rows.range(k.clone()..).next();
+        let overlap = [before, after]
+            .into_iter()
+            .flatten()
+            .map(|((t, s, stored), _)| (t, s, *stored))
+            .find(|(t, s, n)| {
+                *t == tenant && *s == space && (n.contains(&net.network()) || net.contains(n))
+            });
         if let Some((_, _, existing)) = overlap {
             return Err(Error::Conflict {
                 space: space.to_owned(),
-                subnet: existing.clone(),
+                subnet: existing.to_string(),
             });
         }
         let retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
@@ -174,11 +181,11 @@ impl Store for MemoryStore {
         match rows.get_mut(&k) {
             None => Err(Error::NotFound {
                 space: space.to_owned(),
-                subnet: k.2,
+                subnet: k.2.to_string(),
             }),
             Some(stored) if stored.0 + 1 != version => Err(Error::Conflict {
                 space: space.to_owned(),
-                subnet: k.2,
+                subnet: k.2.to_string(),
             }),
             Some(stored) => {
                 // The owner rows the change wrote, as the SQL stores apply them: the others
@@ -213,11 +220,11 @@ impl Store for MemoryStore {
         match rows.get(&k) {
             None => Err(Error::NotFound {
                 space: space.to_owned(),
-                subnet: k.2,
+                subnet: k.2.to_string(),
             }),
             Some(stored) if stored.0 != version => Err(Error::Conflict {
                 space: space.to_owned(),
-                subnet: k.2,
+                subnet: k.2.to_string(),
             }),
             Some(_) => {
                 rows.remove(&k);
@@ -260,12 +267,9 @@ impl Store for MemoryStore {
 
     async fn versions(&self, tenant: &str) -> Result<Vec<(String, IpNet, u64)>, Error> {
         let mut out = Vec::new();
-        for ((t, space, subnet), (version, ..)) in self.rows().iter() {
+        for ((t, space, net), (version, ..)) in self.rows().iter() {
             if t == tenant {
-                let net = subnet
-                    .parse()
-                    .map_err(|e: ipnet::AddrParseError| Error::Internal(e.into()))?;
-                out.push((space.clone(), net, *version));
+                out.push((space.clone(), *net, *version));
             }
         }
         Ok(out)

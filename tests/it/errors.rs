@@ -79,6 +79,7 @@ async fn every_error_has_its_code_and_names_what_it_concerns() {
         check(
             c.get_ipam_state(pb::GetIpamStateRequest {
                 pool_ids: vec![missing.into()],
+                ..Default::default()
             })
             .await,
             Code::NotFound,
@@ -164,6 +165,7 @@ async fn malformed_input_is_refused_and_the_server_keeps_serving() {
     let err = c
         .get_ipam_state(pb::GetIpamStateRequest {
             pool_ids: vec!["garbage".into()],
+            ..Default::default()
         })
         .await
         .expect_err("refused");

@@ -451,6 +451,7 @@ pub async fn state(c: &mut Client, pool_id: &str) -> pb::PoolState {
     let r = c
         .get_ipam_state(pb::GetIpamStateRequest {
             pool_ids: vec![pool_id.to_owned()],
+            ..Default::default()
         })
         .await
         .expect("state");
@@ -601,7 +602,10 @@ pub async fn converged_state(servers: &[Option<Server>]) -> Vec<pb::PoolState> {
         for s in servers.iter().flatten() {
             let mut c = s.client().await;
             let r = c
-                .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+                .get_ipam_state(pb::GetIpamStateRequest {
+                    pool_ids: vec![],
+                    ..Default::default()
+                })
                 .await
                 .expect("state");
             states.push(r.into_inner().pools);

@@ -321,7 +321,10 @@ async fn client(
             // The state of every pool, while pools come and go.
             9 => {
                 let state = c
-                    .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+                    .get_ipam_state(pb::GetIpamStateRequest {
+                        pool_ids: vec![],
+                        ..Default::default()
+                    })
                     .await;
                 match state {
                     Ok(_) => {}
@@ -489,7 +492,10 @@ async fn history(kill: bool) {
     let fresh = Server::start(&db.url, &dir.0);
     let mut c = fresh.client().await;
     let fresh_state = c
-        .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+        .get_ipam_state(pb::GetIpamStateRequest {
+            pool_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(

@@ -18,6 +18,7 @@ mod history;
 mod image;
 mod outage;
 mod owners;
+mod paging;
 mod plugin;
 mod remote;
 mod replicas;

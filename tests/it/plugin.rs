@@ -260,6 +260,7 @@ async fn docker_creates_networks_on_allot_and_their_utilization_shows() {
     let listed = c
         .list_pools(allot::proto::pb::ListPoolsRequest {
             address_space: "local".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

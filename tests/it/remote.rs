@@ -137,7 +137,10 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
     let local = request_pool(&mut ca, "10.61.0.0/24", "").await.unwrap();
     let null = pool_in(&mut ca, "null", "", "").await.unwrap();
     let all = ca
-        .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+        .get_ipam_state(pb::GetIpamStateRequest {
+            pool_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -200,6 +203,7 @@ async fn a_remote_plugin_is_driven_and_tracked_and_both_sides_agree() {
     let left = cb
         .list_pools(pb::ListPoolsRequest {
             address_space: "local".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -257,6 +257,7 @@ pub(crate) async fn wait_until_listed(c: &mut Client, want: &[&str]) {
         let listed: Vec<String> = c
             .list_pools(pb::ListPoolsRequest {
                 address_space: String::new(),
+                ..Default::default()
             })
             .await
             .expect("list")

@@ -51,7 +51,10 @@ async fn worked_example_overlapping_sub_pools() {
             .await
             .unwrap();
         let all = c
-            .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+            .get_ipam_state(pb::GetIpamStateRequest {
+                pool_ids: vec![],
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()
@@ -114,6 +117,7 @@ async fn serial_allocation_and_default_pools_through_the_api() {
     let pools = c
         .list_pools(pb::ListPoolsRequest {
             address_space: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -128,12 +132,15 @@ async fn serial_allocation_and_default_pools_through_the_api() {
     .await
     .unwrap();
     assert!(
-        c.get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
-            .await
-            .unwrap()
-            .into_inner()
-            .pools
-            .is_empty()
+        c.get_ipam_state(pb::GetIpamStateRequest {
+            pool_ids: vec![],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pools
+        .is_empty()
     );
     app.stop().await;
 }
@@ -244,7 +251,10 @@ async fn one_state_call_answers_for_every_driver() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     let states = c
-        .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+        .get_ipam_state(pb::GetIpamStateRequest {
+            pool_ids: vec![],
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -327,7 +337,10 @@ async fn every_pool_state_holds_while_pools_come_and_go() {
     let mut seen = 0;
     for _ in 0..500 {
         let state = c
-            .get_ipam_state(pb::GetIpamStateRequest { pool_ids: vec![] })
+            .get_ipam_state(pb::GetIpamStateRequest {
+                pool_ids: vec![],
+                ..Default::default()
+            })
             .await
             .expect("every pool's state, whatever comes and goes");
         seen += state.into_inner().pools.len();

@@ -305,6 +305,7 @@ async fn call(w: &World, rpc: &str, who: Who, i: usize) -> Code {
             ipam.get_ipam_state(w.as_who(
                 pb::GetIpamStateRequest {
                     pool_ids: vec![pool],
+                    ..Default::default()
                 },
                 who,
             ))
@@ -535,6 +536,7 @@ async fn tenants_overlap_without_seeing_each_other() {
             w.as_who(
                 pb::GetIpamStateRequest {
                     pool_ids: vec![pool.to_owned()],
+                    ..Default::default()
                 },
                 who,
             )

@@ -21,6 +21,7 @@ mod replica;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -34,7 +35,7 @@ use crate::engine::{
     self, AddressRequest, DefaultPool, GLOBAL_SPACE, LOCAL_SPACE, PoolId, PoolPlan, PoolRequest,
     Subnet,
 };
-use crate::ipam::AllocationPage;
+use crate::ipam::{AllocationPage, PoolPage};
 use crate::store::{self, Store, SubnetRecord};
 use batch::Op;
 use cache::{Cell, Ctx, SpaceCache};
@@ -281,7 +282,7 @@ impl Ipam for Builtin {
         self.ctx.submit(Instant::now(), id, Op::RemovePool).await
     }
 
-    async fn list_pools(&self, space: Option<&str>) -> Result<Vec<PoolId>, Error> {
+    async fn list_pools(&self, space: Option<&str>, page: &PoolPage) -> Result<Vec<PoolId>, Error> {
         let names: Vec<&str> = match space {
             Some(name) => {
                 self.ctx.space(name)?;
@@ -291,10 +292,24 @@ impl Ipam for Builtin {
         };
         let mut out = Vec::new();
         for name in names {
+            // A space before the page's start holds none of its pools; in the start's own
+            // space, the page starts at the start's subnet (its later sub-pools follow it).
+            let start = match &page.after {
+                Some(after) if name < after.space() => continue,
+                Some(after) if name == after.space() => Bound::Included(after.subnet()),
+                _ => Bound::Unbounded,
+            };
             let index = self.ctx.space(name)?.index.read().await;
-            for (&net, cell) in index.iter() {
+            for (&net, cell) in index.range((start, Bound::Unbounded)) {
                 for sub_pool in cell.view().pools() {
-                    out.push(PoolId::new(name, net, sub_pool)?);
+                    let id = PoolId::new(name, net, sub_pool)?;
+                    if !page.follows(&id) {
+                        continue;
+                    }
+                    if out.len() == page.limit {
+                        return Ok(out);
+                    }
+                    out.push(id);
                 }
             }
         }
@@ -525,17 +540,18 @@ mod tests {
     #[tokio::test]
     async fn every_pool_state_follows_pools_created_and_released() {
         let (a, _, _) = pair().await;
-        // "Every pool" is the router's to expand, over each driver's listing.
         let a = crate::ipam::Router::new(Arc::new(a), BTreeMap::new());
         let id = a
             .request_pool("local", &exact("10.54.0.0/24"))
             .await
             .unwrap();
-        assert_eq!(a.utilization(&[]).await.unwrap().len(), 1);
+        let every = a.list_pools(None, &PoolPage::ALL).await.unwrap();
+        assert_eq!(every, std::slice::from_ref(&id));
+        assert!(a.utilization(&every).await.unwrap()[0].utilization.is_ok());
         a.release_pool(&id).await.unwrap();
-        assert!(a.utilization(&[]).await.unwrap().is_empty());
-        let missing = a.utilization(std::slice::from_ref(&id)).await;
-        assert_eq!(missing.expect_err("released").kind(), Kind::NotFound);
+        assert!(a.list_pools(None, &PoolPage::ALL).await.unwrap().is_empty());
+        let missing = a.utilization(std::slice::from_ref(&id)).await.unwrap();
+        assert!(missing[0].is_missing(), "released: {missing:?}");
     }
 }
 
