@@ -37,6 +37,12 @@ impl Binary {
         Self(child, addr)
     }
 
+    /// The server's process id.
+    #[allow(dead_code)] // Not every benchmark reads it.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
     /// Runs the CLI against it; its output, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_allot"))
