@@ -245,6 +245,60 @@ async fn creating_an_overlapping_subnet_names_the_one_stored() {
         .expect("another tenant may hold it");
 }
 
+/// The overlap check asks only a new subnet's two neighbours in cidr order: over random
+/// prefixes of every length, nested and disjoint, IPv4 and IPv6, it refuses exactly those
+/// that overlap a stored subnet, and names one that does.
+#[tokio::test]
+async fn overlaps_are_found_by_the_neighbours_alone() {
+    let db = TestDb::fresh().await;
+    let s = store(db.pool.clone());
+    let mut stored: Vec<IpNet> = Vec::new();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused, mut made) = (0, 0);
+    for i in 0..400 {
+        let r = next();
+        let candidate = if i % 4 == 3 {
+            let len = 40 + u8::try_from(r % 25).expect("small");
+            let addr = std::net::Ipv6Addr::from((0xfd00_u128 << 112) | (u128::from(r) << 56));
+            IpNet::new(IpAddr::V6(addr), len).expect("prefix").trunc()
+        } else {
+            let len = 12 + u8::try_from(r % 17).expect("small");
+            let host = u32::try_from(r >> 40).expect("24 bits") << 4;
+            let addr = std::net::Ipv4Addr::from((10 << 24) | (host & 0x00ff_ffff));
+            IpNet::new(IpAddr::V4(addr), len).expect("prefix").trunc()
+        };
+        let overlapping: Vec<IpNet> = stored
+            .iter()
+            .copied()
+            .filter(|s| s.contains(&candidate.network()) || candidate.contains(&s.network()))
+            .collect();
+        let subnet = Subnet::with_pools(candidate, [None]).expect("pool");
+        match s.create_subnet("t1", "local", &subnet).await {
+            Ok(_) => {
+                assert!(
+                    overlapping.is_empty(),
+                    "{candidate} made over {overlapping:?}"
+                );
+                stored.push(candidate);
+                made += 1;
+            }
+            Err(Error::Conflict { subnet, .. }) => {
+                let named: IpNet = subnet.parse().expect("a prefix");
+                assert!(overlapping.contains(&named), "{candidate}: named {named}");
+                refused += 1;
+            }
+            Err(e) => panic!("{candidate}: {e}"),
+        }
+    }
+    assert!(made > 20 && refused > 20, "made {made}, refused {refused}");
+}
+
 /// A locked subnet makes the next locker wait, then hands it the state committed under
 /// the first lock.
 #[tokio::test]
