@@ -95,7 +95,9 @@ async fn fill(store: Arc<dyn Store>, layout: Layout) {
                     return;
                 }
                 let (t, p) = (k / layout.pools, k % layout.pools);
-                let net = format!("10.{}.{}.0/24", p / 256, p % 256).parse().unwrap();
+                // 10.0.0.0/24, 10.0.1.0/24, … on into 11.0.0.0/8 past 65,536 pools.
+                let (a, b, c) = (10 + p / 65_536, p / 256 % 256, p % 256);
+                let net = format!("{a}.{b}.{c}.0/24").parse().unwrap();
                 let id = PoolId::new("local", net, None).unwrap();
                 let mut subnet = Subnet::with_pools(net, [None]).unwrap();
                 for _ in 0..4 {
