@@ -678,7 +678,15 @@ impl Builder {
     }
 
     fn finish(self) -> Result<Bitmap, Error> {
-        let b = self.bitmap;
+        let mut b = self.bitmap;
+        // A loaded bitmap mostly stays as it is: no spare room (a change that needs some
+        // grows the vector it changes).
+        b.firsts.shrink_to_fit();
+        b.leaves.shrink_to_fit();
+        for leaf in &mut b.leaves {
+            leaf.starts.shrink_to_fit();
+            leaf.blocks.shrink_to_fit();
+        }
         if self.next != b.n_blocks() {
             return Err(corrupt("runs do not cover the bitmap"));
         }

@@ -3,8 +3,8 @@
 //! concern one subnet live here and nowhere else: a pool must exist to be used, a subnet
 //! goes with its last pool, a subnet's pools may not repeat.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
@@ -58,7 +58,7 @@ pub struct Subnet {
     // Invariant: empty only once the subnet is deleted ([`Subnet::is_deleted`]). Keys: `None` is the pool
     // without a sub-pool, `Some(r)` a sub-pool inside the subnet of the same family. Each value
     // holds the key's ordinal range and how many of its addresses are in use.
-    pools: BTreeMap<Option<IpNet>, Tally>,
+    pools: PoolMap,
     // Invariant: the number of addresses in use in the whole subnet.
     n_allocated: u128,
     // Invariant: the outermost pool ranges (their union, as disjoint ranges in order), each
@@ -77,6 +77,67 @@ pub struct Allocation {
     /// Whether the subnet changed (false: the owner's address, given back).
     pub fresh: bool,
 }
+
+/// A subnet's pools by sub-pool, in key order (`None` first, then by prefix): a sorted vector
+/// sized to what it holds, since a subnet has one pool or a few — a B-tree's first node alone
+/// would take about 750 bytes, most of a small pool's memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct PoolMap(Vec<(Option<IpNet>, Tally)>);
+
+impl PoolMap {
+    fn find(&self, key: Option<IpNet>) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.cmp(&key))
+    }
+
+    fn get(&self, key: Option<IpNet>) -> Option<&Tally> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    fn contains_key(&self, key: Option<IpNet>) -> bool {
+        self.find(key).is_ok()
+    }
+
+    fn insert(&mut self, key: Option<IpNet>, tally: Tally) {
+        match self.find(key) {
+            Ok(i) => self.0[i].1 = tally,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (key, tally));
+            }
+        }
+    }
+
+    fn remove(&mut self, key: Option<IpNet>) {
+        if let Ok(i) = self.find(key) {
+            self.0.remove(i);
+            self.0.shrink_to_fit();
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = Option<IpNet>> + '_ {
+        self.0.iter().map(|(k, _)| *k)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Tally> {
+        self.0.iter().map(|(_, t)| t)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Tally> {
+        self.0.iter_mut().map(|(_, t)| t)
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The holders of a subnet without any, shared by every such subnet (a subnet copies it on
+/// its first holder).
+static NO_OWNERS: LazyLock<Arc<Owners>> = LazyLock::new(Arc::default);
 
 /// A range and how many of its addresses are in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,10 +203,10 @@ impl Subnet {
         let n_allocated = addrs.count_in(addrs.range(None));
         let mut subnet = Self {
             addrs,
-            pools: BTreeMap::new(),
+            pools: PoolMap::default(),
             n_allocated,
             union: Vec::new(),
-            owners: Arc::default(),
+            owners: Arc::clone(&NO_OWNERS),
         };
         for sub_pool in pools {
             check_sub_pool(subnet.net(), sub_pool)?;
@@ -187,12 +248,12 @@ impl Subnet {
     }
 
     /// Returns the memory the subnet holds, in bytes: its own size plus its heap (allocated
-    /// capacity; the pool map counted per entry, without the B-tree's node slack).
+    /// capacity; holders shared with other subnets counted in full).
     #[must_use]
     pub fn mem_bytes(&self) -> usize {
         size_of::<Self>()
             + self.addrs.heap_bytes()
-            + self.pools.len() * size_of::<(Option<IpNet>, Tally)>()
+            + self.pools.capacity() * size_of::<(Option<IpNet>, Tally)>()
             + self.union.capacity() * size_of::<Tally>()
             + self.owners.heap_bytes()
     }
@@ -205,13 +266,13 @@ impl Subnet {
 
     /// Iterates over the subnet's pools, as sub-pools (`None`: the pool without one).
     pub fn pools(&self) -> impl Iterator<Item = Option<IpNet>> + '_ {
-        self.pools.keys().copied()
+        self.pools.keys()
     }
 
     /// Tells whether the subnet has a pool with this sub-pool.
     #[must_use]
     pub fn has_pool(&self, sub_pool: Option<IpNet>) -> bool {
-        self.pools.contains_key(&sub_pool)
+        self.pools.contains_key(sub_pool)
     }
 
     /// Tells whether the subnet is deleted: its last pool went, and every address with it.
@@ -265,7 +326,7 @@ impl Subnet {
     /// `PoolNotFound`.
     pub fn remove_pool(&mut self, id: &PoolId) -> Result<(), Error> {
         self.check_pool(id)?;
-        self.pools.remove(&id.sub_pool());
+        self.pools.remove(id.sub_pool());
         self.recount_union();
         Ok(())
     }
@@ -288,6 +349,8 @@ impl Subnet {
                 _ => self.union.push(*tally),
             }
         }
+        // Kept for as long as the pools do not change: no spare room.
+        self.union.shrink_to_fit();
     }
 
     /// Brings every count up to date after `address` went into use or out of it.
@@ -508,7 +571,7 @@ impl Subnet {
     /// this subnet is counted on the spot.
     #[must_use]
     pub fn utilization(&self, sub_pool: Option<IpNet>) -> Utilization {
-        let free_in_range = match self.pools.get(&sub_pool) {
+        let free_in_range = match self.pools.get(sub_pool) {
             Some(tally) => tally.n_free(),
             None => self.addrs.free_in(self.addrs.range(sub_pool)),
         };
