@@ -28,6 +28,9 @@ pub type Build = Arc<
 
 type Slot = Arc<OnceCell<Arc<dyn Ipam>>>;
 
+/// How many tenants' drivers are built at once at startup.
+const LOADERS: usize = 8;
+
 /// The drivers of every tenant.
 pub struct Tenants {
     store: Arc<dyn Store>,
@@ -53,8 +56,31 @@ impl Tenants {
             drivers: Mutex::default(),
             watcher: Follower::default(),
         });
-        for tenant in tenants.store.tenants().await? {
-            tenants.driver(&tenant.name).await?;
+        // A few tenants at a time: each is a few round trips to the store, which a thousand
+        // tenants would otherwise wait for one after the other.
+        let names: Vec<String> = tenants
+            .store
+            .tenants()
+            .await?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let queue = Arc::new(Mutex::new(names));
+        let mut loaders = tokio::task::JoinSet::new();
+        for _ in 0..LOADERS {
+            let (tenants, queue) = (Arc::clone(&tenants), Arc::clone(&queue));
+            loaders.spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                    let Some(name) = next else {
+                        return Ok::<_, Error>(());
+                    };
+                    tenants.driver(&name).await?;
+                }
+            });
+        }
+        while let Some(loaded) = loaders.join_next().await {
+            loaded.map_err(|e| Error::Internal(format!("loading a tenant: {e}")))??;
         }
         // Forget the tenants other replicas delete, as the store announces them.
         if let Some(events) = events {
