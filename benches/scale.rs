@@ -227,7 +227,13 @@ async fn main() {
     let (_, empty_rss, server) = cold_start(&dir, &empty_url, &["pool", "list"]);
     drop(server);
 
+    // ALLOT_SCALE_ONLY=sqlite or =postgres: one store only.
+    let only = std::env::var("ALLOT_SCALE_ONLY").unwrap_or_default();
     for (i, layout) in layouts.into_iter().enumerate() {
+        if only == "postgres" {
+            measure_postgres(&dir, i, empty_rss, layout).await;
+            continue;
+        }
         let url = format!("sqlite://{}", dir.join(format!("scale-{i}.db")).display());
         let t0 = Instant::now();
         fill(Arc::new(SqliteStore::connect(&url).await.unwrap()), layout).await;
@@ -237,21 +243,26 @@ async fn main() {
             t0.elapsed().as_secs_f64()
         );
         measure(&dir, "SQLite", &url, empty_rss, layout);
-
-        let tag = format!("scale{i}");
-        let url = pg::fresh_database(&tag).await;
-        let t0 = Instant::now();
-        let store = PgStore::connect(&url, Duration::from_secs(60))
-            .await
-            .unwrap();
-        fill(Arc::new(store), layout).await;
-        eprintln!(
-            "filled PostgreSQL ({}) in {:.1} s",
-            layout.describe(),
-            t0.elapsed().as_secs_f64()
-        );
-        measure(&dir, "PostgreSQL", &url, empty_rss, layout);
-        pg::drop_database(&tag).await;
+        if only != "sqlite" {
+            measure_postgres(&dir, i, empty_rss, layout).await;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn measure_postgres(dir: &Path, i: usize, empty_rss: u64, layout: Layout) {
+    let tag = format!("scale{i}");
+    let url = pg::fresh_database(&tag).await;
+    let t0 = Instant::now();
+    let store = PgStore::connect(&url, Duration::from_secs(60))
+        .await
+        .unwrap();
+    fill(Arc::new(store), layout).await;
+    eprintln!(
+        "filled PostgreSQL ({}) in {:.1} s",
+        layout.describe(),
+        t0.elapsed().as_secs_f64()
+    );
+    measure(dir, "PostgreSQL", &url, empty_rss, layout);
+    pg::drop_database(&tag).await;
 }

@@ -30,6 +30,13 @@ pub static MIGRATOR: &std::sync::LazyLock<sqlx::migrate::Migrator> = &super::mig
 /// How long a writer waits for another one before giving up with `Unavailable`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many subnets a load reads and decodes at a time (a few under test, so that every load
+/// there crosses pages).
+#[cfg(not(test))]
+const LOAD_PAGE: i64 = 5_000;
+#[cfg(test)]
+const LOAD_PAGE: i64 = 2;
+
 /// Subnets in a SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -474,44 +481,66 @@ impl Store for SqliteStore {
     async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
         let err = |e| map_err(e, "", "");
         let mut tx = self.pool.begin().await.map_err(err)?;
-        let rows = sqlx::query(
-            "SELECT space, subnet, version, state FROM subnets WHERE tenant = ? \
-             ORDER BY space, subnet",
-        )
-        .bind(tenant)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        // Every pool of the tenant in one query (one per subnet made a cold start of many
-        // subnets a query each).
-        let mut pools: HashMap<(String, String), Vec<String>> = HashMap::new();
-        let pool_rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT space, subnet, sub_pool FROM pools WHERE tenant = ? \
-             ORDER BY space, subnet, sub_pool",
-        )
-        .bind(tenant)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        for (space, subnet, sub_pool) in pool_rows {
-            pools.entry((space, subnet)).or_default().push(sub_pool);
-        }
         let mut owners = Self::owners_of(&mut tx, tenant, None).await.map_err(err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let space: String = row.try_get(0).map_err(err)?;
-            let subnet: String = row.try_get(1).map_err(err)?;
-            let version: i64 = row.try_get(2).map_err(err)?;
-            let state: Vec<u8> = row.try_get(3).map_err(err)?;
-            let key = (space.clone(), subnet.clone());
-            let pools = pools.remove(&key).unwrap_or_default();
-            let decoded = decode_subnet(&space, &subnet, &state, &pools)?;
-            let owned = owners.remove(&key).unwrap_or_default();
-            out.push(SubnetRecord {
-                subnet: with_owner_rows(&space, decoded, owned)?,
-                version: from_sql_version(version)?,
-                space,
-            });
+        // A page of subnets at a time, in key order, with the pools of the page's key range
+        // in one query: what is read is held only while its page is decoded, so a cold start
+        // of 100,000 subnets does not leave the heap grown by all their rows at once (nor
+        // ask for each subnet's pools apart, a query each).
+        let mut out = Vec::new();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let rows = sqlx::query(
+                "SELECT space, subnet, version, state FROM subnets WHERE tenant = ?1 \
+                 AND (?2 IS NULL OR (space, subnet) > (?2, ?3)) \
+                 ORDER BY space, subnet LIMIT ?4",
+            )
+            .bind(tenant)
+            .bind(after.as_ref().map(|(s, _)| s.as_str()))
+            .bind(after.as_ref().map(|(_, n)| n.as_str()))
+            .bind(LOAD_PAGE)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            let Some(last) = rows.last() else { break };
+            let last: (String, String) =
+                (last.try_get(0).map_err(err)?, last.try_get(1).map_err(err)?);
+            let mut pools: HashMap<(String, String), Vec<String>> = HashMap::new();
+            let pool_rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT space, subnet, sub_pool FROM pools WHERE tenant = ?1 \
+                 AND (?2 IS NULL OR (space, subnet) > (?2, ?3)) \
+                 AND (space, subnet) <= (?4, ?5)",
+            )
+            .bind(tenant)
+            .bind(after.as_ref().map(|(s, _)| s.as_str()))
+            .bind(after.as_ref().map(|(_, n)| n.as_str()))
+            .bind(&last.0)
+            .bind(&last.1)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+            for (space, subnet, sub_pool) in pool_rows {
+                pools.entry((space, subnet)).or_default().push(sub_pool);
+            }
+            let full = rows.len() == usize::try_from(LOAD_PAGE).unwrap_or(usize::MAX);
+            for row in rows {
+                let space: String = row.try_get(0).map_err(err)?;
+                let subnet: String = row.try_get(1).map_err(err)?;
+                let version: i64 = row.try_get(2).map_err(err)?;
+                let state: Vec<u8> = row.try_get(3).map_err(err)?;
+                let key = (space.clone(), subnet.clone());
+                let pools = pools.remove(&key).unwrap_or_default();
+                let decoded = decode_subnet(&space, &subnet, &state, &pools)?;
+                let owned = owners.remove(&key).unwrap_or_default();
+                out.push(SubnetRecord {
+                    subnet: with_owner_rows(&space, decoded, owned)?,
+                    version: from_sql_version(version)?,
+                    space,
+                });
+            }
+            if !full {
+                break;
+            }
+            after = Some(last);
         }
         tx.commit().await.map_err(err)?;
         Ok(out)
