@@ -487,16 +487,18 @@ impl Store for SqliteStore {
         // of 100,000 subnets does not leave the heap grown by all their rows at once (nor
         // ask for each subnet's pools apart, a query each).
         let mut out = Vec::new();
-        let mut after: Option<(String, String)> = None;
+        // Starting after ("", ""), before every key (a space has a name): a plain range on the
+        // primary key, which `? IS NULL OR …` would keep SQLite from using.
+        let mut after = (String::new(), String::new());
         loop {
             let rows = sqlx::query(
                 "SELECT space, subnet, version, state FROM subnets WHERE tenant = ?1 \
-                 AND (?2 IS NULL OR (space, subnet) > (?2, ?3)) \
+                 AND (space, subnet) > (?2, ?3) \
                  ORDER BY space, subnet LIMIT ?4",
             )
             .bind(tenant)
-            .bind(after.as_ref().map(|(s, _)| s.as_str()))
-            .bind(after.as_ref().map(|(_, n)| n.as_str()))
+            .bind(&after.0)
+            .bind(&after.1)
             .bind(LOAD_PAGE)
             .fetch_all(&mut *tx)
             .await
@@ -507,12 +509,12 @@ impl Store for SqliteStore {
             let mut pools: HashMap<(String, String), Vec<String>> = HashMap::new();
             let pool_rows: Vec<(String, String, String)> = sqlx::query_as(
                 "SELECT space, subnet, sub_pool FROM pools WHERE tenant = ?1 \
-                 AND (?2 IS NULL OR (space, subnet) > (?2, ?3)) \
+                 AND (space, subnet) > (?2, ?3) \
                  AND (space, subnet) <= (?4, ?5)",
             )
             .bind(tenant)
-            .bind(after.as_ref().map(|(s, _)| s.as_str()))
-            .bind(after.as_ref().map(|(_, n)| n.as_str()))
+            .bind(&after.0)
+            .bind(&after.1)
             .bind(&last.0)
             .bind(&last.1)
             .fetch_all(&mut *tx)
@@ -540,7 +542,7 @@ impl Store for SqliteStore {
             if !full {
                 break;
             }
-            after = Some(last);
+            after = last;
         }
         tx.commit().await.map_err(err)?;
         Ok(out)

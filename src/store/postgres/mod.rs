@@ -186,7 +186,8 @@ impl PgStore {
         timed(self.timeout, op).await
     }
 
-    /// Loads the subnets matching `filter` ("" or a condition on `$2`/`$3`) in one snapshot.
+    /// Loads a tenant's subnets (`key`: only the one named) in one snapshot. Each statement
+    /// is bounded by the store's timeout, not the whole load, which grows with the tenant.
     async fn load_where(
         &self,
         tenant: &str,
@@ -194,12 +195,13 @@ impl PgStore {
     ) -> Result<Vec<SubnetRecord>, Error> {
         let err = |e| map_err(e, "", "");
         let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .await
-            .map_err(err)?;
-        let records = read_subnets(&mut tx, tenant, key).await?;
-        tx.commit().await.map_err(err)?;
+            .timed(async {
+                let begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+                self.pool.begin_with(begin).await.map_err(err)
+            })
+            .await?;
+        let records = read_subnets(&mut tx, tenant, key, self.timeout).await?;
+        self.timed(async { tx.commit().await.map_err(err) }).await?;
         Ok(records)
     }
 }
@@ -264,7 +266,7 @@ super::sql_directory::sql_directory!(PgStore);
 #[async_trait]
 impl Store for PgStore {
     async fn load(&self, tenant: &str) -> Result<Vec<SubnetRecord>, Error> {
-        self.timed(self.load_where(tenant, None)).await
+        self.load_where(tenant, None).await
     }
 
     async fn load_subnet(
@@ -490,7 +492,7 @@ impl Store for PgStore {
             let reloaded = if version == cached_version {
                 None
             } else {
-                read_subnets(&mut tx, tenant, Some((space, net)))
+                read_subnets(&mut tx, tenant, Some((space, net)), self.timeout)
                     .await?
                     .pop()
             };

@@ -19,6 +19,7 @@ pub(super) async fn read_subnets(
     conn: &mut sqlx::PgConnection,
     tenant: &str,
     key: Option<(&str, IpNet)>,
+    timeout: std::time::Duration,
 ) -> Result<Vec<SubnetRecord>, Error> {
     let err = |e| map_err(e, "", "");
     let (space, net) = key.map_or((None, None), |(s, n)| (Some(s), Some(n.to_string())));
@@ -26,56 +27,53 @@ pub(super) async fn read_subnets(
     // its key range alone: what is read is held only while its page is decoded, so a cold
     // start of 100,000 subnets does not leave the heap grown by all their rows at once.
     // `$2 IS NULL` selects every subnet of the tenant, else the one named; `$4`/`$5` is the
-    // key the page starts after (none for the first), `$6`/`$7` the page's last key. Pages
+    // key the page starts after (("", 0.0.0.0/0) for the first: before every key, since a
+    // space has a name), `$6`/`$7` the page's last key. Pages
     // follow the key's own order (`subnets.subnet`, a cidr: the selected `subnet` is its
     // text, whose order differs).
     let subnets_sql = "SELECT space, subnet::text, version, cursor::text FROM subnets \
          WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
-         AND ($4::text IS NULL OR (space, subnet) > ($4, $5::cidr)) \
+         AND (space, subnet) > ($4, $5::cidr) \
          ORDER BY subnets.space, subnets.subnet LIMIT $6";
     let in_page = "WHERE tenant = $1 AND ($2::text IS NULL OR (space = $2 AND subnet = $3::cidr)) \
-         AND ($4::text IS NULL OR (space, subnet) > ($4, $5::cidr)) \
+         AND (space, subnet) > ($4, $5::cidr) \
          AND (space, subnet) <= ($6, $7::cidr)";
     let page_sql = [
         format!("SELECT space, subnet::text, sub_pool::text FROM pools {in_page}"),
         format!(
             "SELECT space, subnet::text, host(first), host(last), bits FROM runs {in_page} \
-             ORDER BY space, subnet, first"
+             ORDER BY runs.space, runs.subnet, runs.first"
         ),
         format!("SELECT space, subnet::text, host(address), owner, since_ms FROM owners {in_page}"),
     ];
     let mut out = Vec::new();
-    let mut after: Option<(String, String)> = None;
+    let mut after: Key = (String::new(), "0.0.0.0/0".to_owned());
     loop {
         let subnets = sqlx::query(subnets_sql)
             .bind(tenant)
             .bind(space)
             .bind(&net)
-            .bind(after.as_ref().map(|(s, _)| s.as_str()))
-            .bind(after.as_ref().map(|(_, n)| n.as_str()))
+            .bind(&after.0)
+            .bind(&after.1)
             .bind(LOAD_PAGE)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(err)?;
+            .fetch_all(&mut *conn);
+        let subnets = super::timed(timeout, async { subnets.await.map_err(err) }).await?;
         let Some(last) = subnets.last() else {
             return Ok(out);
         };
         let last: Key = (last.try_get(0).map_err(err)?, last.try_get(1).map_err(err)?);
         let mut rows = Vec::with_capacity(page_sql.len());
         for sql in &page_sql {
-            rows.push(
-                sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(tenant)
-                    .bind(space)
-                    .bind(&net)
-                    .bind(after.as_ref().map(|(s, _)| s.as_str()))
-                    .bind(after.as_ref().map(|(_, n)| n.as_str()))
-                    .bind(&last.0)
-                    .bind(&last.1)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(err)?,
-            );
+            let read = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(tenant)
+                .bind(space)
+                .bind(&net)
+                .bind(&after.0)
+                .bind(&after.1)
+                .bind(&last.0)
+                .bind(&last.1)
+                .fetch_all(&mut *conn);
+            rows.push(super::timed(timeout, async { read.await.map_err(err) }).await?);
         }
         let [pools, runs, owners] = <[Vec<PgRow>; 3]>::try_from(rows)
             .map_err(|_| Error::Internal("three queries, three answers".into()))?;
@@ -83,7 +81,7 @@ pub(super) async fn read_subnets(
         if subnets.len() < usize::try_from(LOAD_PAGE).unwrap_or(usize::MAX) {
             return Ok(out);
         }
-        after = Some(last);
+        after = last;
     }
 }
 
