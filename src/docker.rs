@@ -195,7 +195,7 @@ fn not_a_gateway(owner: &str) -> bool {
 #[async_trait::async_trait]
 impl Allot for IpamClient {
     async fn pools(&self) -> anyhow::Result<Vec<String>> {
-        let listed = crate::cli::every_pool(&mut self.clone(), LOCAL_SPACE)
+        let listed = crate::cli::every_pool(self, LOCAL_SPACE)
             .await
             .map_err(|s| anyhow::anyhow!("listing pools: {}", s.message()))?;
         Ok(listed.into_iter().map(|p| p.pool_id).collect())

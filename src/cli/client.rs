@@ -190,31 +190,46 @@ impl Target {
     }
 }
 
+/// Every item of a listing, following its pages: `page` asks for the page a token names
+/// (empty: the first) and answers its items and the next token (empty after the last).
+async fn follow<T, F, Fut>(mut page: F) -> Result<Vec<T>, tonic::Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
+    }
+}
+
 /// Every pool of `space` (every space when empty), following `ListPools`' pages.
 ///
 /// # Errors
 /// The server refused a page.
 pub async fn every_pool(
-    client: &mut IpamClient,
+    client: &IpamClient,
     space: &str,
 ) -> Result<Vec<crate::proto::pb::Pool>, tonic::Status> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_pools(crate::proto::pb::ListPoolsRequest {
-                address_space: space.to_owned(),
-                page_size: 0,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        out.extend(page.pools);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
+    follow(|page_token| {
+        let mut client = client.clone();
+        let request = crate::proto::pb::ListPoolsRequest {
+            address_space: space.to_owned(),
+            page_size: 0,
+            page_token,
+        };
+        async move {
+            let page = client.list_pools(request).await?.into_inner();
+            Ok((page.pools, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }
 
 /// The state of every pool, following `GetIpamState`'s pages.
@@ -222,23 +237,19 @@ pub async fn every_pool(
 /// # Errors
 /// The server refused a page.
 pub async fn every_state(
-    client: &mut IpamClient,
+    client: &IpamClient,
 ) -> Result<Vec<crate::proto::pb::PoolState>, tonic::Status> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .get_ipam_state(crate::proto::pb::GetIpamStateRequest {
-                pool_ids: Vec::new(),
-                page_size: 0,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        out.extend(page.pools);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
+    follow(|page_token| {
+        let mut client = client.clone();
+        let request = crate::proto::pb::GetIpamStateRequest {
+            pool_ids: Vec::new(),
+            page_size: 0,
+            page_token,
+        };
+        async move {
+            let page = client.get_ipam_state(request).await?.into_inner();
+            Ok((page.pools, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await
 }

@@ -462,7 +462,7 @@ async fn pool(target: &Target, cmd: PoolCommand) -> anyhow::Result<()> {
             println!("released {pool_id}");
         }
         PoolCommand::List { space } => {
-            let pools = every_pool(&mut c, &space).await.map_err(failed)?;
+            let pools = every_pool(&c, &space).await.map_err(failed)?;
             for p in &pools {
                 println!("{}", p.pool_id);
             }
@@ -560,7 +560,7 @@ async fn address(target: &Target, cmd: AddressCommand) -> anyhow::Result<()> {
 async fn state(target: &Target, pool_ids: Vec<String>, output: Output) -> anyhow::Result<()> {
     let mut c = target.ipam().await?;
     let pools = if pool_ids.is_empty() {
-        every_state(&mut c).await.map_err(failed)?
+        every_state(&c).await.map_err(failed)?
     } else {
         let named = pb::GetIpamStateRequest {
             pool_ids,
