@@ -66,7 +66,7 @@ fn half_full_16(sub_pool: &str, seed: u64) -> (Subnet, PoolId, Vec<IpAddr>, Rng)
     (subnet, id, hosts, rng)
 }
 
-/// libnetwork: 0.99 µs per address.
+/// Every address of a /16, lowest free first; a fresh subnet per pass.
 #[divan::bench(sample_count = 30)]
 fn fill_16_lowest_free(bencher: Bencher) {
     bencher
@@ -87,19 +87,34 @@ fn release_request_pairs(bencher: Bencher, req: &AddressRequest) {
     });
 }
 
-/// libnetwork: 7.4 µs per pair.
-#[divan::bench]
+// Counts are pinned (samples × iterations, one state throughout a run) to those the libnetwork
+// harness (../shared/bench/libnetwork) runs, so that both sides do the same operations.
+
+/// 1,600 pairs.
+#[divan::bench(sample_count = 100, sample_size = 16)]
 fn release_request_pair_16_half_full(bencher: Bencher) {
     release_request_pairs(bencher, &LOWEST);
 }
 
-/// libnetwork: 28.9 µs per pair.
-#[divan::bench]
+/// 1,600 pairs.
+#[divan::bench(sample_count = 100, sample_size = 16)]
 fn release_request_pair_16_half_full_serial(bencher: Bencher) {
     release_request_pairs(bencher, &SERIAL);
 }
 
-/// libnetwork: 10.8 µs per address.
+/// 200,000 pairs (libnetwork's `_long`): the state drifts with the count in serial mode.
+#[divan::bench(sample_count = 100, sample_size = 2000)]
+fn release_request_pair_16_half_full_long(bencher: Bencher) {
+    release_request_pairs(bencher, &LOWEST);
+}
+
+/// 200,000 pairs.
+#[divan::bench(sample_count = 100, sample_size = 2000)]
+fn release_request_pair_16_half_full_serial_long(bencher: Bencher) {
+    release_request_pairs(bencher, &SERIAL);
+}
+
+/// Every address of a full /16 released in random order; a fresh subnet per pass.
 #[divan::bench(sample_count = 30)]
 fn release_random_order_from_full_16(bencher: Bencher) {
     bencher
@@ -119,9 +134,7 @@ fn release_random_order_from_full_16(bencher: Bencher) {
         });
 }
 
-/// libnetwork: 118 µs per pair.
-#[divan::bench]
-fn serial_release_request_pair_v6_64_holding_100k(bencher: Bencher) {
+fn serial_pairs_v6_64_holding_100k(bencher: Bencher) {
     let (mut subnet, id) = subnet_with("fd00:1::/64", "");
     let mut taken: Vec<IpAddr> = (0..100_000)
         .map(|_| subnet.allocate(&id, &SERIAL).unwrap())
@@ -134,16 +147,28 @@ fn serial_release_request_pair_v6_64_holding_100k(bencher: Bencher) {
     });
 }
 
-/// libnetwork: 10.1 µs. The whole `GetIpamState` answer for the pool: allocated in the /16,
+/// 100 pairs.
+#[divan::bench(sample_count = 100, sample_size = 1)]
+fn serial_release_request_pair_v6_64_holding_100k(bencher: Bencher) {
+    serial_pairs_v6_64_holding_100k(bencher);
+}
+
+/// 200,000 pairs.
+#[divan::bench(sample_count = 100, sample_size = 2000)]
+fn serial_release_request_pair_v6_64_holding_100k_long(bencher: Bencher) {
+    serial_pairs_v6_64_holding_100k(bencher);
+}
+
+/// The whole `GetIpamState` answer for the pool: allocated in the /16,
 /// free in the /17 range, free over the union of ranges.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 256)]
 fn utilization_17_range_of_16_half_full(bencher: Bencher) {
     let (subnet, id, _, _) = half_full_16("10.0.128.0/17", 17);
     bencher.bench_local(|| subnet.utilization(black_box(id.sub_pool())));
 }
 
 /// The free count of the /17 range alone, straight from the address set.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 20)]
 fn free_count_17_range_of_16_half_full(bencher: Bencher) {
     let (subnet, id, _, _) = half_full_16("10.0.128.0/17", 17);
     let addrs = subnet.addrs();
@@ -153,7 +178,7 @@ fn free_count_17_range_of_16_half_full(bencher: Bencher) {
 
 /// Allocate-then-release of the next lowest address in a /8 already holding 1M addresses
 /// allocated in order.
-#[divan::bench]
+#[divan::bench(sample_count = 100, sample_size = 32)]
 fn request_release_8_holding_1m_in_order(bencher: Bencher) {
     let (mut subnet, id) = subnet_with("10.0.0.0/8", "");
     for _ in 0..1_000_000 {
@@ -194,7 +219,7 @@ fn release_request_pair_8_holding_1m_scattered(bencher: Bencher) {
 /// Release+request pairs of random preferred addresses in an IPv6 /64 holding 200k addresses
 /// scattered at random (e.g. derived from MAC addresses): every allocation splits an empty
 /// run, the worst case for inserting into the run list.
-#[divan::bench(sample_count = 20)]
+#[divan::bench(sample_count = 20, sample_size = 1)]
 fn release_request_pair_v6_64_holding_200k_scattered(bencher: Bencher) {
     let (mut subnet, id) = subnet_with("fd00:1::/64", "");
     let mut rng = Rng(23);
