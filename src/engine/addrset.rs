@@ -137,12 +137,8 @@ impl AddrSet {
     /// free one at or after the cursor, wrapping around; `None` when the range is full.
     /// Either way the cursor moves past the address returned.
     pub fn insert_any(&mut self, range: OrdRange, serial: bool) -> Option<IpAddr> {
-        let found = if serial {
-            self.bitmap.next_clear(range.first, range.last, self.cursor)
-        } else {
-            self.bitmap.first_clear(range.first, range.last)
-        }?;
-        self.bitmap.insert(found);
+        let cursor = serial.then_some(self.cursor);
+        let found = self.bitmap.insert_clear(range.first, range.last, cursor)?;
         self.cursor = found.wrapping_add(1);
         Some(self.addr(found))
     }

@@ -88,6 +88,16 @@ impl Leaf {
     fn len(&self) -> usize {
         self.starts.len()
     }
+
+    /// Makes room for `n` more runs: small leaves double, large ones grow by a few runs,
+    /// since a half-empty leaf of 256 runs would waste 3 KB and a full one splits anyway.
+    fn make_room(&mut self, n: usize) {
+        if self.starts.capacity() - self.starts.len() < n {
+            let more = self.starts.len().clamp(n, LEAF_GROW.max(n));
+            self.starts.reserve_exact(more);
+            self.blocks.reserve_exact(more);
+        }
+    }
 }
 
 /// The position of a run: leaf index and index inside the leaf.
@@ -225,13 +235,7 @@ impl Bitmap {
     /// the leaf when it grows past `LEAF_MAX`.
     fn insert_run(&mut self, p: Pos, start: u128, bits: u64) {
         let leaf = &mut self.leaves[p.leaf];
-        if leaf.starts.len() == leaf.starts.capacity() {
-            // Small leaves double; large ones grow by a few runs, since a half-empty leaf of
-            // 256 runs would waste 3 KB and a full one splits anyway.
-            let more = leaf.starts.len().clamp(1, LEAF_GROW);
-            leaf.starts.reserve_exact(more);
-            leaf.blocks.reserve_exact(more);
-        }
+        leaf.make_room(1);
         leaf.starts.insert(p.idx, start);
         leaf.blocks.insert(p.idx, bits);
         if p.idx == 0 {
@@ -305,8 +309,12 @@ impl Bitmap {
         if ordinal > self.last {
             return false;
         }
+        self.update_at(self.pos_of(block_of(ordinal)), ordinal, set)
+    }
+
+    /// As [`Bitmap::update`], with `p` the position of the run holding `ordinal`.
+    fn update_at(&mut self, p: Pos, ordinal: u128, set: bool) -> bool {
         let block = block_of(ordinal);
-        let p = self.pos_of(block);
         let old = self.bits(p);
         let mask = 1u64 << bit_of(ordinal);
         let new = if set { old | mask } else { old & !mask };
@@ -364,6 +372,15 @@ impl Bitmap {
                     new,
                 ),
             },
+            (false, false) if self.leaves[p.leaf].len() + 2 <= LEAF_MAX => {
+                // Both new runs in one move of the leaf's tail (a release in a long run of
+                // full blocks takes this path).
+                let leaf = &mut self.leaves[p.leaf];
+                leaf.make_room(2);
+                let at = p.idx + 1;
+                leaf.starts.splice(at..at, [block, block + 1]);
+                leaf.blocks.splice(at..at, [new, old]);
+            }
             (false, false) => {
                 self.insert_run(
                     Pos {
@@ -401,6 +418,11 @@ impl Bitmap {
     /// blocks is always followed by one with a free bit.
     #[must_use]
     pub fn first_clear(&self, start: u128, end: u128) -> Option<u128> {
+        self.find_clear(start, end).map(|(_, o)| o)
+    }
+
+    /// As [`Bitmap::first_clear`], with the position of the run holding the ordinal found.
+    fn find_clear(&self, start: u128, end: u128) -> Option<(Pos, u128)> {
         let end = end.min(self.last);
         if start > end {
             return None;
@@ -409,7 +431,11 @@ impl Bitmap {
         let end_mask = high_mask(end);
         let mut block = block_of(start);
         let mut mask = low_mask(start);
-        for (_, run_end, bits) in self.runs_from(self.pos_of(block)) {
+        let mut p = self.pos_of(block);
+        loop {
+            let bits = self.bits(p);
+            let next = self.next(p);
+            let run_end = next.map_or_else(|| self.n_blocks(), |n| self.start(n));
             if bits != u64::MAX {
                 // Every block of the run is `bits`: only the first one (masked below `start`)
                 // can come up empty, so at most two blocks are looked at.
@@ -419,7 +445,8 @@ impl Bitmap {
                         free &= end_mask;
                     }
                     if free != 0 {
-                        return Some(block_span(block).0 | u128::from(free.trailing_zeros()));
+                        let found = block_span(block).0 | u128::from(free.trailing_zeros());
+                        return Some((p, found));
                     }
                     if block == last_block {
                         return None;
@@ -433,21 +460,36 @@ impl Bitmap {
             }
             block = run_end;
             mask = u64::MAX;
+            p = next?;
         }
-        None
     }
 
     /// Returns the lowest free ordinal at or after `cursor` in `start..=end`, wrapping around
     /// to `start`; a cursor outside the range starts at `start` (serial allocation).
     #[must_use]
     pub fn next_clear(&self, start: u128, end: u128, cursor: u128) -> Option<u128> {
+        self.find_next_clear(start, end, cursor).map(|(_, o)| o)
+    }
+
+    fn find_next_clear(&self, start: u128, end: u128, cursor: u128) -> Option<(Pos, u128)> {
         if cursor > start && cursor <= end {
-            if let Some(found) = self.first_clear(cursor, end) {
+            if let Some(found) = self.find_clear(cursor, end) {
                 return Some(found);
             }
-            return self.first_clear(start, cursor - 1);
+            return self.find_clear(start, cursor - 1);
         }
-        self.first_clear(start, end)
+        self.find_clear(start, end)
+    }
+
+    /// Adds and returns the ordinal [`Bitmap::next_clear`] would return (`first_clear`'s
+    /// when `cursor` is `None`), looking its run up once.
+    pub fn insert_clear(&mut self, start: u128, end: u128, cursor: Option<u128>) -> Option<u128> {
+        let (p, found) = match cursor {
+            Some(cursor) => self.find_next_clear(start, end, cursor),
+            None => self.find_clear(start, end),
+        }?;
+        self.update_at(p, found, true);
+        Some(found)
     }
 
     /// Counts the ordinals of `start..=end` in the set.
@@ -969,6 +1011,9 @@ mod tests {
         Remove(u128),
         FirstClear(u128, u128),
         NextClear(u128, u128, u128),
+        /// `insert_clear`: the first clear ordinal from the cursor on (from the start without
+        /// one), wrapping, taken.
+        InsertClear(u128, u128, Option<u128>),
         Count(u128, u128),
     }
 
@@ -979,6 +1024,8 @@ mod tests {
             2 => o().prop_map(Op::Remove),
             1 => (o(), o()).prop_map(|(a, b)| Op::FirstClear(a.min(b), a.max(b))),
             1 => (o(), o(), o()).prop_map(|(a, b, c)| Op::NextClear(a.min(b), a.max(b), c)),
+            2 => (o(), o(), proptest::option::of(o()))
+                .prop_map(|(a, b, c)| Op::InsertClear(a.min(b), a.max(b), c)),
             1 => (o(), o()).prop_map(|(a, b)| Op::Count(a.min(b), a.max(b))),
         ];
         proptest::collection::vec(op, 1..400)
@@ -999,6 +1046,12 @@ mod tests {
                     let from = if c > s && c <= e { c } else { s };
                     let want = (from..=e).chain(s..from).find(|o| !model.contains(o));
                     assert_eq!(b.next_clear(s, e, c), want);
+                }
+                Op::InsertClear(s, e, c) => {
+                    let from = c.filter(|&c| c > s && c <= e).unwrap_or(s);
+                    let want = (from..=e).chain(s..from).find(|o| !model.contains(o));
+                    assert_eq!(b.insert_clear(s, e, c), want);
+                    model.extend(want);
                 }
                 Op::Count(s, e) => {
                     assert_eq!(b.count_ones(s, e), model.range(s..=e).count() as u128);

@@ -38,16 +38,20 @@ pub fn saturating_u64(n: u128) -> u64 {
 /// IPv4: the network and broadcast addresses, except in a /31 (point-to-point, RFC 3021) or a
 /// /32, which have none. IPv6: the first address, the subnet-router anycast address
 /// (RFC 4291 section 2.6.1), always — as Docker does, even in a /127 or /128.
-#[must_use]
-pub fn reserved_addresses(net: IpNet) -> Vec<(IpAddr, &'static str)> {
-    match net {
-        IpNet::V4(n) if n.prefix_len() < 31 => vec![
-            (IpAddr::V4(n.network()), "network address"),
-            (IpAddr::V4(n.broadcast()), "broadcast address"),
-        ],
-        IpNet::V4(_) => Vec::new(),
-        IpNet::V6(n) => vec![(IpAddr::V6(n.network()), "subnet-router anycast address")],
-    }
+pub fn reserved_addresses(net: IpNet) -> impl Iterator<Item = (IpAddr, &'static str)> {
+    // No vector: a release checks these on every call.
+    let (first, second) = match net {
+        IpNet::V4(n) if n.prefix_len() < 31 => (
+            Some((IpAddr::V4(n.network()), "network address")),
+            Some((IpAddr::V4(n.broadcast()), "broadcast address")),
+        ),
+        IpNet::V4(_) => (None, None),
+        IpNet::V6(n) => (
+            Some((IpAddr::V6(n.network()), "subnet-router anycast address")),
+            None,
+        ),
+    };
+    first.into_iter().chain(second)
 }
 
 /// One subnet: its pools (the one without sub-pool and the sub-pools), its address set, and
@@ -486,10 +490,7 @@ impl Subnet {
                 });
             }
         }
-        if let Some(&(_, what)) = reserved_addresses(self.net())
-            .iter()
-            .find(|(a, _)| *a == address)
-        {
+        if let Some((_, what)) = reserved_addresses(self.net()).find(|(a, _)| *a == address) {
             return Err(Error::ReservedAddress {
                 pool_id: id.to_string(),
                 address,
@@ -541,8 +542,7 @@ impl Subnet {
             Some(None) => return Vec::new(),
         };
         let reserved: Vec<u128> = reserved_addresses(self.net())
-            .iter()
-            .filter_map(|(a, _)| self.addrs.ordinal(*a))
+            .filter_map(|(a, _)| self.addrs.ordinal(a))
             .collect();
         let rest = OrdRange {
             first: start,

@@ -408,7 +408,7 @@ pub async fn usage(ipam: &dyn Ipam) -> Result<Usage, Error> {
     for state in &states {
         if let Ok(u) = &state.utilization {
             let net = state.id.subnet();
-            let reserved = engine::reserved_addresses(net).len() as u128;
+            let reserved = engine::reserved_addresses(net).count() as u128;
             subnets.insert(
                 (state.id.space().to_owned(), net),
                 u.allocated_in_subnet.saturating_sub(reserved),
