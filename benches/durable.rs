@@ -5,7 +5,9 @@
 //! `pgbench`; the server `DATABASE_URL` names, else postgres://postgres@127.0.0.1:5432).
 //!
 //! `ALLOT_BASELINE=/path/to/allot` measures another build of allot too, alternating with this
-//! one in each configuration, for a ratio from one run.
+//! one in each configuration, for a ratio from one run. `ALLOT_ROUNDS=N` (default 1) repeats
+//! the whole run N times and ends with each round's ratios and their median: on a shared
+//! machine one round's pgbench figure alone can move by half.
 //!
 //! Under `cargo test` (no `--bench`) everything runs briefly, as a smoke test.
 
@@ -240,12 +242,11 @@ where
     ours
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let secs = if benching() { 5 } else { 1 };
-    let dir = std::env::temp_dir().join(format!("allot-bench-durable-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// The ratios of one round: SQLite's 16 pools ÷ its 1 pool, the same ÷ 1 pool driven by 16
+/// processes, PostgreSQL's 16 pools ÷ pgbench's random-row tps.
+type Ratios = [f64; 3];
 
+async fn round(dir: &Path, round: usize, secs: u64) -> Ratios {
     let url = pg::fresh_database("durable_pgbench").await;
     let (_, random) = pg::ceilings(&url, secs).await;
     pg::drop_database("durable_pgbench").await;
@@ -253,27 +254,71 @@ async fn main() {
     println!("|---|---|---|---|");
     println!("| pgbench, 64 clients, UPDATE of a random row of 100k | {random:.0} tps | | |");
 
-    let sqlite_dir = dir.clone();
     let sqlite = |tag: usize| {
-        let path = sqlite_dir.join(format!("bench-{tag}.db"));
+        let path = dir.join(format!("bench-{round}-{tag}.db"));
         async move { format!("sqlite://{}", path.display()) }
     };
-    let (one, sixteen, one_as_sixteen) = store_lines("h2load, SQLite", sqlite, 1, &dir, secs).await;
+    let (one, sixteen, one_as_sixteen) = store_lines("h2load, SQLite", sqlite, 1, dir, secs).await;
+    let sqlite_ratios = (sixteen / one.max(1.0), sixteen / one_as_sixteen.max(1.0));
     println!(
         "| SQLite, 16 pools ÷ 1 pool | {:.2} (÷ 1 pool with the same client: {:.2}) | | |",
-        sixteen / one.max(1.0),
-        sixteen / one_as_sixteen.max(1.0)
+        sqlite_ratios.0, sqlite_ratios.1
     );
     let postgres = |tag: usize| async move { pg::fresh_database(&format!("durable_{tag}")).await };
     let (_, sixteen, _) =
-        store_lines("h2load, PostgreSQL, 1 replica", postgres, 1, &dir, secs).await;
-    println!(
-        "| PostgreSQL, 1 replica, 16 pools ÷ pgbench random-row tps | {:.2} | | |",
-        sixteen / random.max(1.0)
-    );
-    store_lines("h2load, PostgreSQL, 3 replicas", postgres, 3, &dir, secs).await;
+        store_lines("h2load, PostgreSQL, 1 replica", postgres, 1, dir, secs).await;
+    let pg_ratio = sixteen / random.max(1.0);
+    println!("| PostgreSQL, 1 replica, 16 pools ÷ pgbench random-row tps | {pg_ratio:.2} | | |");
+    store_lines("h2load, PostgreSQL, 3 replicas", postgres, 3, dir, secs).await;
     for tag in 1..=8 {
         pg::drop_database(&format!("durable_{tag}")).await;
+    }
+    [sqlite_ratios.0, sqlite_ratios.1, pg_ratio]
+}
+
+/// `values` listed, then their median.
+fn summary(values: &mut [f64]) -> String {
+    let listed: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => f64::midpoint(values[n / 2 - 1], values[n / 2]),
+    };
+    format!("{} (median {median:.2})", listed.join(", "))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let secs = if benching() { 5 } else { 1 };
+    let rounds: usize = std::env::var("ALLOT_ROUNDS").map_or(1, |r| {
+        r.parse()
+            .ok()
+            .filter(|&n| n > 0)
+            .expect("ALLOT_ROUNDS: a positive number")
+    });
+    let dir = std::env::temp_dir().join(format!("allot-bench-durable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all: Vec<Ratios> = Vec::new();
+    for r in 1..=rounds {
+        if rounds > 1 {
+            let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            println!("\nRound {r} of {rounds}, load average {}:\n", load.trim());
+        }
+        all.push(round(&dir, r, secs).await);
+    }
+    if rounds > 1 {
+        println!("\n| ratio, each round | |\n|---|---|");
+        let names = [
+            "SQLite, 16 pools ÷ 1 pool",
+            "SQLite, 16 pools ÷ 1 pool driven by 16 h2load processes",
+            "PostgreSQL, 1 replica, 16 pools ÷ pgbench random-row tps",
+        ];
+        for (k, name) in names.iter().enumerate() {
+            let mut values: Vec<f64> = all.iter().map(|r| r[k]).collect();
+            println!("| {name} | {} |", summary(&mut values));
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
