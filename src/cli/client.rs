@@ -191,7 +191,8 @@ impl Target {
 }
 
 /// Every item of a listing, following its pages: `page` asks for the page a token names
-/// (empty: the first) and answers its items and the next token (empty after the last).
+/// (empty: the first) and answers its items and the next token (empty after the last). A
+/// server that hands back the token it was given would be asked forever: that is an error.
 async fn follow<T, F, Fut>(mut page: F) -> Result<Vec<T>, tonic::Status>
 where
     F: FnMut(String) -> Fut,
@@ -200,10 +201,15 @@ where
     let mut out = Vec::new();
     let mut token = String::new();
     loop {
-        let (items, next) = page(token).await?;
+        let (items, next) = page(token.clone()).await?;
         out.extend(items);
         if next.is_empty() {
             return Ok(out);
+        }
+        if next == token {
+            return Err(tonic::Status::internal(format!(
+                "the server answered page token {token:?} with the same token: paging stopped"
+            )));
         }
         token = next;
     }
@@ -252,4 +258,39 @@ pub async fn every_state(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follow;
+
+    #[tokio::test]
+    async fn following_pages_stops_at_a_token_that_does_not_move() {
+        // Two pages, then a server stuck on its last token (without the check, the test
+        // fails at the tenth page rather than hang).
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let stuck = follow(|token: String| {
+            let n = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            assert!(n < 10, "still asking after {n} pages");
+            async move {
+                let next = if token.is_empty() { "a" } else { "b" };
+                Ok((vec![token], next.to_owned()))
+            }
+        })
+        .await;
+        let err = stuck.expect_err("a token answered with itself is refused");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("\"b\""), "{}", err.message());
+        // A listing that ends: every page's items, in order.
+        let ends = follow(|token: String| async move {
+            let next = match token.as_str() {
+                "" => "a",
+                "a" => "b",
+                _ => "",
+            };
+            Ok((vec![token], next.to_owned()))
+        })
+        .await;
+        assert_eq!(ends.ok(), Some(vec![String::new(), "a".into(), "b".into()]));
+    }
 }
