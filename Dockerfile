@@ -11,11 +11,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-# RUSTFLAGS replaces .cargo/config.toml's flags: its x86-64-v2 baseline is said again here.
-RUN flags="-C target-feature=+crt-static"; \
-    case "$(uname -m)" in x86_64) flags="$flags -C target-cpu=x86-64-v2" ;; esac; \
-    RUSTFLAGS="$flags" cargo build --release --locked --bin allot \
-        --target "$(rustc -vV | sed -n 's/^host: //p')" \
+# The static flag as the host triple's rustflags, which cargo joins to .cargo/config.toml's
+# (its x86-64-v2 baseline); RUSTFLAGS would replace them.
+RUN host="$(rustc -vV | sed -n 's/^host: //p')"; \
+    env "CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS=-C target-feature=+crt-static" \
+        cargo build --release --locked --bin allot --target "$host" \
     && cp target/*/release/allot /allot
 
 # The data directory, made here to be copied with its owner: an empty base has no chown.

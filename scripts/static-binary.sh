@@ -16,10 +16,11 @@ case "$profile" in
   *) echo "static-binary.sh: profile must be dev or release, not $profile" >&2; exit 2 ;;
 esac
 host=$(rustc -vV | sed -n 's/^host: //p')
-# RUSTFLAGS replaces .cargo/config.toml's flags: its x86-64-v2 baseline is said again here.
-flags="-C target-feature=+crt-static"
-case "$host" in x86_64-*) flags="$flags -C target-cpu=x86-64-v2" ;; esac
-RUSTFLAGS="$flags" CARGO_PROFILE_DEV_DEBUG=0 CARGO_TARGET_DIR=target/static \
+# The static flag as the host triple's rustflags (CARGO_TARGET_<TRIPLE>_RUSTFLAGS), which
+# cargo joins to .cargo/config.toml's (its x86-64-v2 baseline); RUSTFLAGS would replace them.
+triple_flags="CARGO_TARGET_$(echo "$host" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
+env "$triple_flags=-C target-feature=+crt-static" CARGO_PROFILE_DEV_DEBUG=0 \
+  CARGO_TARGET_DIR=target/static \
   cargo build --locked --profile "$profile" --bin allot --target "$host"
 mkdir -p target/docker
 cp "target/static/$host/$dir/allot" target/docker/allot.new
