@@ -19,10 +19,21 @@ psql_ -c "CREATE DATABASE $db" postgres
   --listen "127.0.0.1:$port" 2>"$work/server.log" &
 server=$!
 trap 'kill $server; rm -rf "$work"' EXIT
-sleep 2
+cli() { "$allot" --server "http://127.0.0.1:$port" "$@"; }
+# Ready once it answers (a fixed wait was too short for a slow start).
+for _ in $(seq 100); do
+  if cli pool list >/dev/null 2>&1; then break; fi
+  sleep 0.2
+done
 pool() { printf 'fd00:7:%x::/64' "$1"; }
+# Addresses in use over the pools named (`allot state`'s fifth column, IN-USE).
+in_use() {
+  local pools=()
+  for p in "$@"; do pools+=("local/$p"); done
+  cli state "${pools[@]}" | awk 'NR > 1 { n += $5 } END { print n + 0 }'
+}
 for p in $(seq 0 16); do
-  "$allot" --server "http://127.0.0.1:$port" pool request --pool "$(pool "$p")" --v6 >/dev/null
+  cli pool request --pool "$(pool "$p")" --v6 >/dev/null
 done
 # A framed gRPC RequestAddressRequest { pool_id } (field 1, a string shorter than 128 bytes).
 body() {
@@ -45,6 +56,8 @@ shape() { # NAME POOL...
   if [ $# = 1 ]; then streams="-c 4 -m 16"; else streams="-c 1 -m $((64 / $#))"; fi
   sleep 1 # the statistics views are updated when a backend goes idle
   read -r wal0 commits0 tuples0 < <(snapshot)
+  local used0
+  used0=$(in_use "$@")
   for pool in "$@"; do
     body "local/$pool" "$work/body-$i"
     # shellcheck disable=SC2086 # $streams is two options
@@ -62,6 +75,12 @@ shape() { # NAME POOL...
   fi
   sleep 1.5
   read -r wal1 commits1 tuples1 < <(snapshot)
+  # A gRPC refusal is an HTTP success: count the addresses the calls took.
+  local allocated=$(($(in_use "$@") - used0))
+  if [ "$allocated" != "$total" ]; then
+    echo "pg-batch-probe: $total calls allocated $allocated addresses" >&2
+    exit 1
+  fi
   python3 -c "
 n, w, c, t = $total, $wal1 - $wal0, $commits1 - $commits0, $tuples1 - $tuples0
 print(f'| $name | {w / n:.0f} B | {n / c:.1f} | {t / n:.2f} |')"
