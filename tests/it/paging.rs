@@ -132,12 +132,26 @@ async fn pages_see_each_pool_once(backend: &str, c: &mut Client, lister: Lister)
             ids.len()
         );
         if !next.is_empty() {
-            assert_eq!(
-                ids.len(),
-                7,
-                "{backend} {lister:?}: a short page before the last"
-            );
-            assert_eq!(Some(&next), ids.last().map(ToString::to_string).as_ref());
+            match lister {
+                Lister::Pools => {
+                    assert_eq!(
+                        ids.len(),
+                        7,
+                        "{backend} {lister:?}: a short page before the last"
+                    );
+                    assert_eq!(Some(&next), ids.last().map(ToString::to_string).as_ref());
+                }
+                // A page of states leaves out a pool the churn released between its listing
+                // and its state (as GetIpamState documents), so it may be short; its token is
+                // still the last pool listed, at or past every pool on the page.
+                Lister::States => {
+                    let cursor: PoolId = next.parse().expect("the token is a pool id");
+                    assert!(
+                        ids.iter().all(|id| *id <= cursor),
+                        "{backend} {lister:?}: token {cursor} before a pool of its page"
+                    );
+                }
+            }
         }
         seen.extend(ids);
         if next.is_empty() {
